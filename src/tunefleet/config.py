@@ -1,0 +1,170 @@
+"""The study spec: every setting of a study, from a TOML file and from flags, validated in one place.
+
+One file describes a study for a local fleet now and for Kubernetes later::
+
+    # study.toml
+    objective = "sklearn-iris"
+    study = "iris"
+    n_trials = 100
+    timeout = 3600          # seconds, a deadline for the whole study
+    direction = "maximize"  # or directions = ["minimize", "maximize"]
+    sampler = "tpe"
+    seed = 42
+    pruner = "median"
+    workers = 3
+
+    [objective_args]
+    n_folds = 3
+
+Flags override the file. The storage URL may be given here too, but the environment
+(``TUNEFLEET_STORAGE``/``DATABASE_URL``) keeps passwords out of files that get committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunefleet.errors import ConfigError
+
+__all__ = ["DIRECTIONS", "PRUNERS", "SAMPLERS", "StudySpec", "load_spec", "parse_objective_args"]
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsgaii")
+PRUNERS = ("none", "median", "hyperband")
+DIRECTIONS = ("minimize", "maximize")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,511}$")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything that defines a study and how workers run it.
+
+    ``None`` means "not set": the objective's own default, or the study's stored value, applies.
+    """
+
+    objective: str | None = None
+    study: str | None = None
+    storage: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    directions: tuple[str, ...] = ()
+    sampler: str = "tpe"
+    seed: int | None = None
+    pruner: str = "median"
+    workers: int | None = None
+    objective_args: Mapping[str, Any] = field(default_factory=dict)
+
+    def merged(self, **overrides: Any) -> StudySpec:
+        """A copy with every override that is not None (or empty) applied, then validated."""
+        values = {k: v for k, v in overrides.items() if v is not None and v != () and v != {}}
+        if "objective_args" in values:
+            values["objective_args"] = {**self.objective_args, **values["objective_args"]}
+        return dataclasses.replace(self, **values).validated()
+
+    def validated(self, source: str = "option") -> StudySpec:
+        """Check every value; raise :class:`ConfigError` naming the first bad one."""
+
+        def bad(key: str, why: str) -> ConfigError:
+            flag = "--" + key.replace("_", "-")
+            where = f"{flag}" if source == "option" else f"'{key}' in {source}"
+            return ConfigError(f"invalid {where}: {why}")
+
+        if self.n_trials is not None and self.n_trials <= 0:
+            raise bad("n_trials", f"must be a positive number of trials, got {self.n_trials}")
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise bad("timeout", f"must be a positive number of seconds, got {self.timeout}")
+        if self.workers is not None and self.workers <= 0:
+            raise bad("workers", f"must be at least 1, got {self.workers}")
+        for d in self.directions:
+            if d not in DIRECTIONS:
+                raise bad("direction", f"'{d}' is not one of minimize, maximize")
+        if self.sampler not in SAMPLERS:
+            raise bad("sampler", f"'{self.sampler}' is not one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise bad("pruner", f"'{self.pruner}' is not one of {', '.join(PRUNERS)}")
+        if self.study is not None and not _STUDY_NAME.match(self.study):
+            raise bad("study", f"'{self.study}' is not a usable study name (letters, digits, "
+                      "'.', '_' and '-', starting with a letter or digit)")
+        return self
+
+
+# key -> (type check, description) for the TOML file.
+_FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "objective": ((str,), "a string such as \"sklearn-iris\" or \"mymodule:objective\""),
+    "study": ((str,), "a string"),
+    "storage": ((str,), "a storage URL string"),
+    "n_trials": ((int,), "a positive integer"),
+    "timeout": ((int, float), "a number of seconds"),
+    "direction": ((str, list), "\"minimize\" or \"maximize\" (or a list of them)"),
+    "directions": ((list,), "a list of \"minimize\"/\"maximize\""),
+    "sampler": ((str,), f"one of {', '.join(SAMPLERS)}"),
+    "seed": ((int,), "an integer"),
+    "pruner": ((str,), f"one of {', '.join(PRUNERS)}"),
+    "workers": ((int,), "a positive integer"),
+    "objective_args": ((dict,), "a table of settings, [objective_args]"),
+}
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read a TOML study spec; raise :class:`ConfigError` naming the file and the bad key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config file '{path}' not found: check the path") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config file '{path}': {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config file '{path}' is not valid TOML: {exc}") from None
+    return spec_from_mapping(data, source=str(path))
+
+
+def spec_from_mapping(data: Mapping[str, Any], source: str) -> StudySpec:
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _FILE_KEYS:
+            close = difflib.get_close_matches(key, _FILE_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else (
+                f"; known keys: {', '.join(_FILE_KEYS)}")
+            raise ConfigError(f"invalid '{key}' in {source}: unknown key{hint}")
+        types, description = _FILE_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ConfigError(
+                f"invalid '{key}' in {source}: must be {description}, got {value!r}")
+        values[key] = value
+    if "direction" in values and "directions" in values:
+        raise ConfigError(f"invalid 'directions' in {source}: give 'direction' or 'directions', "
+                          "not both")
+    directions = values.pop("direction", values.pop("directions", None))
+    if directions is not None:
+        directions = [directions] if isinstance(directions, str) else directions
+        if not directions or not all(isinstance(d, str) for d in directions):
+            raise ConfigError(f"invalid 'direction' in {source}: must be "
+                              f"{_FILE_KEYS['direction'][1]}, got {directions!r}")
+        values["directions"] = tuple(directions)
+    if "timeout" in values:
+        values["timeout"] = float(values["timeout"])
+    return StudySpec(**values).validated(source=source)
+
+
+def parse_objective_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` pairs; values are read as TOML scalars (``3``, ``0.5``, ``true``)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(
+                f"invalid --objective-arg '{item}': write KEY=VALUE, as in --objective-arg epochs=3")
+        try:
+            parsed[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key] = raw
+    return parsed

@@ -1,0 +1,40 @@
+"""Errors tunefleet raises for problems a user can fix.
+
+Each carries a one-line message that names the problem and the fix; the CLI prints it as is and
+exits non-zero (a traceback only with ``--debug``). Errors from dependencies (SQLAlchemy, psycopg,
+importlib) are translated into these at the boundary where we know what the user was doing.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ObjectiveError",
+    "StorageError",
+    "StudyError",
+    "TunefleetError",
+]
+
+
+class TunefleetError(Exception):
+    """Base class: a problem with the user's input or environment, with a one-line message."""
+
+    exit_code = 2
+
+
+class ConfigError(TunefleetError):
+    """An invalid option, flag or ``--config`` file."""
+
+
+class StorageError(TunefleetError):
+    """The storage URL is malformed, or the database cannot be reached or used."""
+
+    exit_code = 3
+
+
+class ObjectiveError(TunefleetError):
+    """The objective cannot be found, imported or called."""
+
+
+class StudyError(TunefleetError):
+    """The study exists but does not match what was asked (for example its direction)."""

@@ -1,0 +1,13 @@
+"""Objectives: the built-ins and user functions, behind one small interface."""
+
+from tunefleet.objectives._base import BuiltinObjective, Objective, WorkerContext
+from tunefleet.objectives._loader import BUILTINS, FunctionObjective, load_objective
+
+__all__ = [
+    "BUILTINS",
+    "BuiltinObjective",
+    "FunctionObjective",
+    "Objective",
+    "WorkerContext",
+    "load_objective",
+]

@@ -1,0 +1,166 @@
+"""The storage seam: one function turns a URL into everything a worker needs from a database.
+
+``open_storage(url)`` returns a :class:`FleetStorage`: an Optuna storage (what samplers and
+``optuna.load_study`` use) and the :class:`Ledger` (tunefleet's budget, claims and worker registry).
+Nothing outside this package creates engines or touches SQL, so a faster Postgres path can replace
+the stock ``RDBStorage`` here without the worker noticing.
+
+Two stores exist:
+
+* PostgreSQL (``postgresql://...``): the shared store for fleets across machines, driven by
+  psycopg 3, readable and writable by stock Optuna through the same URL.
+* The embedded store (``sqlite:///path``): a single file for one machine, safe for many local
+  worker processes, and also readable by stock Optuna.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import BaseStorage, RDBStorage
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import NullPool
+
+from tunefleet.errors import StorageError, TunefleetError
+from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
+from tunefleet.storage._errors import translate_db_error
+from tunefleet.storage._ledger import Budget, Ledger
+from tunefleet.storage._ledger import metadata as ledger_metadata
+from tunefleet.storage._url import (
+    EMBEDDED_FILENAME,
+    STORAGE_ENV_VARS,
+    display_url,
+    parse_storage_url,
+    resolve_storage_url,
+)
+
+__all__ = [
+    "EMBEDDED_FILENAME",
+    "STORAGE_ENV_VARS",
+    "Budget",
+    "FleetStorage",
+    "Ledger",
+    "display_url",
+    "open_storage",
+    "parse_storage_url",
+    "resolve_storage_url",
+]
+
+# Any constant works as long as every tunefleet process uses the same one: it names the
+# transaction-scoped advisory lock that serialises schema creation ("tunefleet" in ASCII).
+_SCHEMA_LOCK_KEY = 0x74756E65666C6565 & 0x7FFFFFFFFFFFFFFF
+_OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
+
+
+@dataclass
+class FleetStorage:
+    """An opened store: the Optuna storage plus tunefleet's ledger."""
+
+    url: URL
+    optuna: BaseStorage
+    ledger: Ledger
+    engine: Engine
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked, fit for logs and messages."""
+        return display_url(self.url)
+
+    @property
+    def env_url(self) -> str:
+        """The URL with its password, for handing to worker processes through the environment."""
+        return self.url.render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_storage(raw_url: str) -> FleetStorage:
+    """Open (and, on first use, initialise) the store at ``raw_url``.
+
+    Safe to call from any number of processes at the same instant on an empty database: schema
+    creation is serialised by a lock (see :func:`_schema_lock`).
+
+    Raises:
+        StorageError: the URL is malformed or the database cannot be reached or used.
+    """
+    url = parse_storage_url(raw_url)
+    try:
+        if not _schema_ready(url):
+            with _schema_lock(url):
+                storage = _rdb_storage(url, create_tables=True)
+                ledger_metadata.create_all(storage.engine)
+        else:
+            storage = _rdb_storage(url, create_tables=False)
+    except TunefleetError:
+        raise
+    except RuntimeError as exc:
+        if "optuna storage upgrade" in str(exc):
+            raise StorageError(
+                f"the study tables in {display_url(url)} were made by another Optuna version: "
+                "run `optuna storage upgrade --storage URL`, or use a matching tunefleet") from exc
+        raise translate_db_error(exc, url) from exc
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+            OSError) as exc:
+        raise translate_db_error(exc, url) from exc
+    configure_engine(storage.engine)
+    return FleetStorage(url=url, optuna=storage, ledger=Ledger(storage.engine),
+                        engine=storage.engine)
+
+
+def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
+    return RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url),
+                      skip_table_creation=not create_tables)
+
+
+def _schema_ready(url: URL) -> bool:
+    """Whether Optuna's and tunefleet's tables all exist (one catalogue query, no lock)."""
+    if url.get_backend_name() == "sqlite" and not os.path.exists(sqlite_path(url)):
+        return False
+    engine = create_engine(url, poolclass=NullPool, **_probe_kwargs(url))
+    try:
+        with engine.connect() as conn:
+            names = set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    return _OPTUNA_TABLES | set(ledger_metadata.tables) <= names
+
+
+def _probe_kwargs(url: URL) -> dict[str, object]:
+    kwargs = engine_kwargs(url)
+    return {"connect_args": kwargs["connect_args"]}
+
+
+@contextmanager
+def _schema_lock(url: URL) -> Iterator[None]:
+    """Hold a lock that only one initialising process can hold at a time.
+
+    PostgreSQL: a transaction-scoped advisory lock, which a transaction-mode pooler (PgBouncer,
+    Neon's -pooler endpoint) keeps on one server connection for the life of the transaction;
+    session advisory locks would leak across pooled clients. The tables are created by other
+    connections while this transaction holds the lock. SQLite: an exclusive ``flock`` on the
+    database file, independent of SQLite's own byte-range locks.
+    """
+    if url.get_backend_name() == "sqlite":
+        path = sqlite_path(url)
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    engine = create_engine(url, poolclass=NullPool, **_probe_kwargs(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
