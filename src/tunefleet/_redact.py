@@ -18,7 +18,9 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 
 # user:password@ in any URL-looking text (postgresql://u:p@h, sqlite has none).
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@"
+)
 
 
 def register_secret(secret: str | None) -> None:

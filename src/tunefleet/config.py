@@ -1,4 +1,4 @@
-"""The study spec: every setting of a study, from a TOML file and from flags, validated in one place.
+"""The study spec: every setting of a study, from a TOML file and from flags, validated once.
 
 One file describes a study for a local fleet now and for Kubernetes later::
 
@@ -27,7 +27,7 @@ import difflib
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,20 +90,23 @@ class StudySpec:
         if self.pruner not in PRUNERS:
             raise bad("pruner", f"'{self.pruner}' is not one of {', '.join(PRUNERS)}")
         if self.study is not None and not _STUDY_NAME.match(self.study):
-            raise bad("study", f"'{self.study}' is not a usable study name (letters, digits, "
-                      "'.', '_' and '-', starting with a letter or digit)")
+            raise bad(
+                "study",
+                f"'{self.study}' is not a usable study name (letters, digits, "
+                "'.', '_' and '-', starting with a letter or digit)",
+            )
         return self
 
 
 # key -> (type check, description) for the TOML file.
 _FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "objective": ((str,), "a string such as \"sklearn-iris\" or \"mymodule:objective\""),
+    "objective": ((str,), 'a string such as "sklearn-iris" or "mymodule:objective"'),
     "study": ((str,), "a string"),
     "storage": ((str,), "a storage URL string"),
     "n_trials": ((int,), "a positive integer"),
     "timeout": ((int, float), "a number of seconds"),
-    "direction": ((str, list), "\"minimize\" or \"maximize\" (or a list of them)"),
-    "directions": ((list,), "a list of \"minimize\"/\"maximize\""),
+    "direction": ((str, list), '"minimize" or "maximize" (or a list of them)'),
+    "directions": ((list,), 'a list of "minimize"/"maximize"'),
     "sampler": ((str,), f"one of {', '.join(SAMPLERS)}"),
     "seed": ((int,), "an integer"),
     "pruner": ((str,), f"one of {', '.join(PRUNERS)}"),
@@ -131,30 +134,35 @@ def spec_from_mapping(data: Mapping[str, Any], source: str) -> StudySpec:
     for key, value in data.items():
         if key not in _FILE_KEYS:
             close = difflib.get_close_matches(key, _FILE_KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else (
-                f"; known keys: {', '.join(_FILE_KEYS)}")
+            hint = (
+                f" (did you mean '{close[0]}'?)"
+                if close
+                else (f"; known keys: {', '.join(_FILE_KEYS)}")
+            )
             raise ConfigError(f"invalid '{key}' in {source}: unknown key{hint}")
         types, description = _FILE_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            raise ConfigError(
-                f"invalid '{key}' in {source}: must be {description}, got {value!r}")
+            raise ConfigError(f"invalid '{key}' in {source}: must be {description}, got {value!r}")
         values[key] = value
     if "direction" in values and "directions" in values:
-        raise ConfigError(f"invalid 'directions' in {source}: give 'direction' or 'directions', "
-                          "not both")
+        raise ConfigError(
+            f"invalid 'directions' in {source}: give 'direction' or 'directions', not both"
+        )
     directions = values.pop("direction", values.pop("directions", None))
     if directions is not None:
         directions = [directions] if isinstance(directions, str) else directions
         if not directions or not all(isinstance(d, str) for d in directions):
-            raise ConfigError(f"invalid 'direction' in {source}: must be "
-                              f"{_FILE_KEYS['direction'][1]}, got {directions!r}")
+            raise ConfigError(
+                f"invalid 'direction' in {source}: must be "
+                f"{_FILE_KEYS['direction'][1]}, got {directions!r}"
+            )
         values["directions"] = tuple(directions)
     if "timeout" in values:
         values["timeout"] = float(values["timeout"])
     return StudySpec(**values).validated(source=source)
 
 
-def parse_objective_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+def parse_objective_args(items: Sequence[str]) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` pairs; values are read as TOML scalars (``3``, ``0.5``, ``true``)."""
     parsed: dict[str, Any] = {}
     for item in items:
@@ -162,7 +170,8 @@ def parse_objective_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key.isidentifier():
             raise ConfigError(
-                f"invalid --objective-arg '{item}': write KEY=VALUE, as in --objective-arg epochs=3")
+                f"invalid --objective-arg '{item}': write KEY=VALUE, as in --objective-arg epochs=3"
+            )
         try:
             parsed[key] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:

@@ -24,13 +24,23 @@ class FleetProgress:
     def __init__(self, console: Console, study: str, budget: int | None) -> None:
         self.console = console
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.fields[study]}"), BarColumn(),
+            SpinnerColumn(),
+            TextColumn("[bold]{task.fields[study]}"),
+            BarColumn(),
             TextColumn("{task.completed}/{task.fields[budget]}"),
-            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-            console=console, transient=False, disable=not console.is_terminal)
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal,
+        )
         self._task = self._progress.add_task(
-            "study", total=budget, study=study, budget=budget if budget is not None else "∞",
-            detail="starting workers")
+            "study",
+            total=budget,
+            study=study,
+            budget=budget if budget is not None else "∞",
+            detail="starting workers",
+        )
         self._history: deque[tuple[float, int]] = deque(maxlen=120)
 
     def __enter__(self) -> FleetProgress:
@@ -48,11 +58,17 @@ class FleetProgress:
         (t0, n0), (t1, n1) = recent[0], recent[-1]
         rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
         s = summary.states
-        detail = (f"done {s['COMPLETE']} · running {s['RUNNING']} · pruned {s['PRUNED']} · "
-                  f"failed {s['FAIL']} · best {_fmt(summary.best_value)} · {rate:.1f} trials/s")
-        self._progress.update(self._task, completed=summary.n_trials, detail=detail,
-                              total=summary.budget,
-                              budget=summary.budget if summary.budget is not None else "∞")
+        detail = (
+            f"done {s['COMPLETE']} · running {s['RUNNING']} · pruned {s['PRUNED']} · "
+            f"failed {s['FAIL']} · best {_fmt(summary.best_value)} · {rate:.1f} trials/s"
+        )
+        self._progress.update(
+            self._task,
+            completed=summary.n_trials,
+            detail=detail,
+            total=summary.budget,
+            budget=summary.budget if summary.budget is not None else "∞",
+        )
 
 
 def render_summary(console: Console, summary: StudySummary, restarts: int = 0) -> None:
@@ -73,8 +89,9 @@ def render_summary(console: Console, summary: StudySummary, restarts: int = 0) -
         else:
             console.print("best value: none (no trial completed)")
     else:
-        console.print(f"Pareto front ({', '.join(summary.directions)}): "
-                      f"{len(summary.best_trials)} trials")
+        console.print(
+            f"Pareto front ({', '.join(summary.directions)}): {len(summary.best_trials)} trials"
+        )
         for t in summary.best_trials[:10]:
             console.print(f"  trial {t['number']}: values {t['values']} params {t['params']}")
     console.print(f"wall time: {summary.wall_s:.1f}s")

@@ -49,8 +49,13 @@ class LocalFleet(Fleet):
     where any user of the machine could read them in ``ps``.
     """
 
-    def __init__(self, n_workers: int, worker_args: list[str], env: Mapping[str, str],
-                 on_output: Callable[[int, str], None]) -> None:
+    def __init__(
+        self,
+        n_workers: int,
+        worker_args: list[str],
+        env: Mapping[str, str],
+        on_output: Callable[[int, str], None],
+    ) -> None:
         self.n_workers = n_workers
         self.command = [sys.executable, "-m", "tunefleet", "worker", *worker_args]
         self.env = {**os.environ, **env}
@@ -63,8 +68,15 @@ class LocalFleet(Fleet):
             # A session of its own: Ctrl-C in the terminal reaches only the parent, which then
             # stops the workers in order (SIGTERM, wait, SIGKILL) rather than all at once.
             proc = subprocess.Popen(
-                self.command, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+                self.command,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
             self.processes.append(proc)
             reader = threading.Thread(target=self._forward, args=(index, proc), daemon=True)
             reader.start()

@@ -19,13 +19,17 @@ def make_sampler(name: str, seed: int | None, n_objectives: int) -> optuna.sampl
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         if n_objectives > 1:
-            raise ConfigError("--sampler cmaes optimises one objective: use nsgaii or tpe for "
-                              "several --direction values")
+            raise ConfigError(
+                "--sampler cmaes optimises one objective: use nsgaii or tpe for "
+                "several --direction values"
+            )
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         if importlib.util.find_spec("torch") is None:
-            raise ConfigError("--sampler gp needs PyTorch, which is not installed: "
-                              "pip install torch (or pick another --sampler)")
+            raise ConfigError(
+                "--sampler gp needs PyTorch, which is not installed: "
+                "pip install torch (or pick another --sampler)"
+            )
         return optuna.samplers.GPSampler(seed=seed)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import optuna
 import sqlalchemy.exc
+from optuna.study import StudyDirection
 
 from tunefleet.config import StudySpec
 from tunefleet.errors import StudyError
@@ -49,8 +50,9 @@ def resolve_directions(spec: StudySpec, objective: Objective) -> tuple[tuple[str
     return ("minimize",), False
 
 
-def open_study(storage: FleetStorage, spec: StudySpec, objective: Objective,
-               sampler_seed: int | None = None) -> FleetStudy:
+def open_study(
+    storage: FleetStorage, spec: StudySpec, objective: Objective, sampler_seed: int | None = None
+) -> FleetStudy:
     """Create the study (or load it when it exists) and its tunefleet budget row.
 
     Any number of processes may call this at once: Optuna turns the losing INSERT of a
@@ -64,15 +66,19 @@ def open_study(storage: FleetStorage, spec: StudySpec, objective: Objective,
     name = spec.study or default_study_name(objective)
     try:
         study = optuna.create_study(
-            storage=storage.optuna, study_name=name, directions=list(directions),
+            storage=storage.optuna,
+            study_name=name,
+            directions=[StudyDirection[d.upper()] for d in directions],
             load_if_exists=True,
             sampler=make_sampler(spec.sampler, sampler_seed, len(directions)),
-            pruner=make_pruner(spec.pruner))
+            pruner=make_pruner(spec.pruner),
+        )
         existing = tuple(d.name.lower() for d in study.directions)
         if explicit and existing != directions:
             raise StudyError(
                 f"study '{name}' exists with direction {', '.join(existing)}, not "
-                f"{', '.join(directions)}: drop --direction to join it, or pick another --study")
+                f"{', '.join(directions)}: drop --direction to join it, or pick another --study"
+            )
         budget = storage.ledger.ensure_study(study._study_id, spec.n_trials, spec.timeout)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise translate_db_error(exc, storage.url) from exc

@@ -50,8 +50,7 @@ class StudySummary:
         return out
 
 
-def summarize(fleet_study: FleetStudy, wall_s: float = 0.0, with_best: bool = True
-              ) -> StudySummary:
+def summarize(fleet_study: FleetStudy, wall_s: float = 0.0, with_best: bool = True) -> StudySummary:
     """Read the study's state in a few cheap queries (no full trial list)."""
     storage = fleet_study.storage
     study = fleet_study.study
@@ -69,10 +68,21 @@ def summarize(fleet_study: FleetStudy, wall_s: float = 0.0, with_best: bool = Tr
             best_value = best.value if math.isfinite(best.value) else None
             best_params = best.params
         else:
-            best_trials = [{"number": t.number, "values": t.values, "params": t.params}
-                           for t in study.best_trials]
+            best_trials = [
+                {"number": t.number, "values": t.values, "params": t.params}
+                for t in study.best_trials
+            ]
     return StudySummary(
-        study=fleet_study.name, storage=storage.display_url, budget=ledger_budget.n_trials,
-        n_trials=ledger_budget.n_counted, states=states, best_value=best_value,
-        best_params=best_params, directions=directions, best_trials=best_trials,
-        wall_s=wall_s, done=ledger_budget.done, seconds_left=ledger_budget.seconds_left)
+        study=fleet_study.name,
+        storage=storage.display_url,
+        budget=ledger_budget.n_trials,
+        n_trials=ledger_budget.n_counted,
+        states=states,
+        best_value=best_value,
+        best_params=best_params,
+        directions=directions,
+        best_trials=best_trials,
+        wall_s=wall_s,
+        done=ledger_budget.done,
+        seconds_left=ledger_budget.seconds_left,
+    )

@@ -93,16 +93,16 @@ class Worker:
             return WorkerResult(reason, 0, name)
 
         ledger = self.storage.ledger
-        ordinal = ledger.register_worker(fleet_study.study_id, self.worker_id,
-                                         socket.gethostname(), os.getpid())
+        ordinal = ledger.register_worker(
+            fleet_study.study_id, self.worker_id, socket.gethostname(), os.getpid()
+        )
         # Every worker gets its own sampler seed, so seeded parallel workers do not propose the
         # same parameters; with one worker, --seed alone makes the study repeatable.
         seed = None if self.spec.seed is None else self.spec.seed + ordinal
         n_objectives = len(fleet_study.study.directions)
         fleet_study.study.sampler = make_sampler(self.spec.sampler, seed, n_objectives)
         self.objective.setup(WorkerContext(seed=self.spec.seed))
-        log.info("worker %s joined study %s on %s", self.worker_id, name,
-                 self.storage.display_url)
+        log.info("worker %s joined study %s on %s", self.worker_id, name, self.storage.display_url)
 
         reason = "interrupted"
         try:
@@ -112,8 +112,9 @@ class Worker:
             log.warning("worker %s stopping on %s", self.worker_id, exc)
         finally:
             ledger.worker_finished(self.worker_id, reason)
-            log.info("worker %s stopped (%s) after %d trials", self.worker_id, reason,
-                     self.n_trials)
+            log.info(
+                "worker %s stopped (%s) after %d trials", self.worker_id, reason, self.n_trials
+            )
         return WorkerResult(reason, self.n_trials, name)
 
     def _loop(self, fleet_study: FleetStudy) -> str:
@@ -153,9 +154,12 @@ class Worker:
                 value = self.objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-            log.info("trial %d pruned at step %s (%.2fs)", trial.number,
-                     study._storage.get_trial(trial._trial_id).last_step,
-                     time.perf_counter() - started)
+            log.info(
+                "trial %d pruned at step %s (%.2fs)",
+                trial.number,
+                study._storage.get_trial(trial._trial_id).last_step,
+                time.perf_counter() - started,
+            )
             return
         except Interrupted:
             # Not the objective's doing: the slot goes back so that the trial does not count.
@@ -172,12 +176,17 @@ class Worker:
             return
         values = [float(v) for v in _as_list(value)]
         study.tell(trial, values)
-        log.info("trial %d finished: value %s, params %s (%.2fs)", trial.number,
-                 values[0] if len(values) == 1 else values, trial.params,
-                 time.perf_counter() - started)
+        log.info(
+            "trial %d finished: value %s, params %s (%.2fs)",
+            trial.number,
+            values[0] if len(values) == 1 else values,
+            trial.params,
+            time.perf_counter() - started,
+        )
 
-    def _fail(self, study: optuna.Study, trial: optuna.Trial, reason: str,
-              details: str | None = None) -> None:
+    def _fail(
+        self, study: optuna.Study, trial: optuna.Trial, reason: str, details: str | None = None
+    ) -> None:
         reason = redact(reason)[:2000]
         study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
         study.tell(trial, state=TrialState.FAIL)
@@ -190,10 +199,12 @@ def _invalid_value(value: Any, n_objectives: int) -> str | None:
     """Why an objective's return value cannot be told to the study, or None if it can."""
     values = _as_list(value)
     if len(values) != n_objectives:
-        return (f"the objective returned {len(values)} values but the study has "
-                f"{n_objectives} objective(s)")
+        return (
+            f"the objective returned {len(values)} values but the study has "
+            f"{n_objectives} objective(s)"
+        )
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float) and not hasattr(v, "__float__"):
+        if isinstance(v, bool) or (not isinstance(v, int | float) and not hasattr(v, "__float__")):
             return f"the objective returned {v!r} ({type(v).__name__}), not a number"
         try:
             f = float(v)

@@ -62,7 +62,8 @@ class BuiltinObjective(Objective):
             accepted = ", ".join(sorted(self.defaults)) or "none"
             raise ObjectiveError(
                 f"built-in objective '{self.name}' has no setting '{unknown[0]}': "
-                f"its settings are {accepted}")
+                f"its settings are {accepted}"
+            )
         self.args: dict[str, Any] = {**self.defaults, **args}
         for key, value in self.args.items():
             default = self.defaults[key]
@@ -71,7 +72,8 @@ class BuiltinObjective(Objective):
             if type(value) is not type(default):
                 raise ObjectiveError(
                     f"invalid --objective-arg {key}={value!r} for '{self.name}': "
-                    f"expected a {type(default).__name__} like {default!r}")
+                    f"expected a {type(default).__name__} like {default!r}"
+                )
         self.context = WorkerContext()
 
     def setup(self, context: WorkerContext) -> None:

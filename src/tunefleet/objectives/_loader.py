@@ -26,8 +26,12 @@ __all__ = ["BUILTINS", "FunctionObjective", "load_objective"]
 
 #: Built-in name -> (module, class, extra, top-level packages of the framework it needs).
 BUILTINS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
-    "sklearn-iris": ("tunefleet.objectives.sklearn_iris", "SklearnIris", "sklearn",
-                     ("sklearn", "scipy", "joblib", "threadpoolctl")),
+    "sklearn-iris": (
+        "tunefleet.objectives.sklearn_iris",
+        "SklearnIris",
+        "sklearn",
+        ("sklearn", "scipy", "joblib", "threadpoolctl"),
+    ),
 }
 
 
@@ -59,20 +63,28 @@ def load_objective(spec: str, args: Mapping[str, Any] | None = None) -> Objectiv
         known = ", ".join(sorted(BUILTINS))
         raise ObjectiveError(
             f"unknown objective '{spec}': use a built-in ({known}), "
-            "package.module:function, or path/to/file.py:function")
+            "package.module:function, or path/to/file.py:function"
+        )
     target, _, func_name = spec.rpartition(":")
     if not target or not func_name.isidentifier():
         raise ObjectiveError(
-            f"invalid objective '{spec}': write package.module:function or path/to/file.py:function")
+            f"invalid objective '{spec}': write package.module:function or path/to/file.py:function"
+        )
     module = _import_file(target) if _looks_like_path(target) else _import_module(target)
     func = getattr(module, func_name, None)
     if func is None:
-        public = [n for n, v in vars(module).items()
-                  if callable(v) and not n.startswith("_") and not isinstance(v, type)
-                  and getattr(v, "__module__", None) == module.__name__]
+        public = [
+            n
+            for n, v in vars(module).items()
+            if callable(v)
+            and not n.startswith("_")
+            and not isinstance(v, type)
+            and getattr(v, "__module__", None) == module.__name__
+        ]
         hint = f" (it defines: {', '.join(sorted(public))})" if public else ""
-        raise ObjectiveError(f"'{target}' has no function '{func_name}'{hint}: "
-                             "fix the name after the colon")
+        raise ObjectiveError(
+            f"'{target}' has no function '{func_name}'{hint}: fix the name after the colon"
+        )
     if not callable(func):
         raise ObjectiveError(f"'{spec}' is not a function: point at a function that takes a trial")
     _check_signature(func, spec, args)
@@ -88,7 +100,8 @@ def _load_builtin(name: str, args: dict[str, Any]) -> Objective:
         if missing in packages:
             raise ObjectiveError(
                 f"the built-in objective '{name}' needs {missing}, which is not installed: "
-                f"pip install \"tunefleet[{extra}]\"") from exc
+                f'pip install "tunefleet[{extra}]"'
+            ) from exc
         raise
     cls: type[BuiltinObjective] = getattr(module, class_name)
     return cls(**args)
@@ -101,8 +114,9 @@ def _looks_like_path(target: str) -> bool:
 def _import_file(target: str) -> ModuleType:
     path = Path(target).expanduser()
     if not path.is_file():
-        raise ObjectiveError(f"objective file '{target}' not found: check the path "
-                             f"(relative to {Path.cwd()})")
+        raise ObjectiveError(
+            f"objective file '{target}' not found: check the path (relative to {Path.cwd()})"
+        )
     module_name = f"tunefleet_user_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path.resolve())
     if module_spec is None or module_spec.loader is None:
@@ -129,9 +143,9 @@ def _import_module(target: str) -> ModuleType:
         if exc.name and target.startswith(exc.name):
             raise ObjectiveError(
                 f"module '{target}' not found: check the name, install its package, or run from "
-                "the directory that holds it") from exc
-        raise ObjectiveError(
-            f"importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
+                "the directory that holds it"
+            ) from exc
+        raise ObjectiveError(f"importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise ObjectiveError(f"importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
 
@@ -147,7 +161,9 @@ def _check_signature(func: Callable[..., Any], spec: str, args: Mapping[str, Any
         if args:
             raise ObjectiveError(
                 f"objective '{spec}' cannot be called as f(trial, {', '.join(args)}=...): {exc}; "
-                "it must take the trial first and accept each --objective-arg as a keyword") from exc
+                "it must take the trial first and accept each --objective-arg as a keyword"
+            ) from exc
         raise ObjectiveError(
             f"objective '{spec}' has signature {signature}: it must take exactly one argument, "
-            "the optuna.Trial, as in def objective(trial): ...") from exc
+            "the optuna.Trial, as in def objective(trial): ..."
+        ) from exc

@@ -105,19 +105,23 @@ def open_storage(raw_url: str) -> FleetStorage:
         if "optuna storage upgrade" in str(exc):
             raise StorageError(
                 f"the study tables in {display_url(url)} were made by another Optuna version: "
-                "run `optuna storage upgrade --storage URL`, or use a matching tunefleet") from exc
+                "run `optuna storage upgrade --storage URL`, or use a matching tunefleet"
+            ) from exc
         raise translate_db_error(exc, url) from exc
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
-            OSError) as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as exc:
         raise translate_db_error(exc, url) from exc
     configure_engine(storage.engine)
-    return FleetStorage(url=url, optuna=storage, ledger=Ledger(storage.engine),
-                        engine=storage.engine)
+    return FleetStorage(
+        url=url, optuna=storage, ledger=Ledger(storage.engine), engine=storage.engine
+    )
 
 
 def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
-    return RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=engine_kwargs(url),
-                      skip_table_creation=not create_tables)
+    return RDBStorage(
+        url.render_as_string(hide_password=False),
+        engine_kwargs=engine_kwargs(url),
+        skip_table_creation=not create_tables,
+    )
 
 
 def _schema_ready(url: URL) -> bool:

@@ -1,4 +1,4 @@
-"""SQLAlchemy engine settings for the two stores, and the hooks that make SQLite multi-process safe."""
+"""SQLAlchemy engine settings for both stores, and the hooks that make SQLite multi-process safe."""
 
 from __future__ import annotations
 

@@ -38,10 +38,12 @@ def translate_db_error(exc: BaseException, url: URL) -> StorageError:
         if "unable to open database file" in message:
             return StorageError(
                 f"cannot open the embedded store '{url.database}': check that its directory "
-                "exists and is writable, or pass --storage")
+                "exists and is writable, or pass --storage"
+            )
         if "file is not a database" in message:
             return StorageError(
-                f"'{url.database}' is not a SQLite database: pass another file with --storage")
+                f"'{url.database}' is not a SQLite database: pass another file with --storage"
+            )
         return StorageError(f"embedded store '{url.database}' failed: {message}")
 
     where = f"{url.host or 'localhost'}:{url.port or 5432}"
@@ -49,33 +51,48 @@ def translate_db_error(exc: BaseException, url: URL) -> StorageError:
     if "password authentication failed" in lowered:
         return StorageError(
             f"PostgreSQL at {where} rejected the password for user '{url.username}': "
-            "fix the user or password in the storage URL")
+            "fix the user or password in the storage URL"
+        )
     if "no password supplied" in lowered or "password is required" in lowered:
         return StorageError(
             f"PostgreSQL at {where} wants a password for user '{url.username}': "
-            "add it to the storage URL (postgresql://user:password@host/db)")
+            "add it to the storage URL (postgresql://user:password@host/db)"
+        )
     match = re.search(r'database "([^"]+)" does not exist', message)
     if match:
         return StorageError(
             f"database '{match.group(1)}' does not exist on {where}: create it "
-            f"(createdb {match.group(1)}) or fix the database name in the storage URL")
+            f"(createdb {match.group(1)}) or fix the database name in the storage URL"
+        )
     match = re.search(r'role "([^"]+)" does not exist', message)
     if match:
         return StorageError(
-            f"user '{match.group(1)}' does not exist on {where}: fix the user in the storage URL")
-    unreachable = ("connection refused", "could not translate host name", "timeout expired",
-                   "no route to host", "name or service not known", "network is unreachable",
-                   "could not connect", "connection timed out", "server closed the connection")
+            f"user '{match.group(1)}' does not exist on {where}: fix the user in the storage URL"
+        )
+    unreachable = (
+        "connection refused",
+        "could not translate host name",
+        "timeout expired",
+        "no route to host",
+        "name or service not known",
+        "network is unreachable",
+        "could not connect",
+        "connection timed out",
+        "server closed the connection",
+    )
     if any(s in lowered for s in unreachable):
         return StorageError(
             f"cannot reach PostgreSQL at {where} ({message}): check the host and port in the "
-            "storage URL and that the server is running")
+            "storage URL and that the server is running"
+        )
     if "ssl" in lowered or "certificate" in lowered or "channel binding" in lowered:
         return StorageError(
             f"TLS to PostgreSQL at {where} failed ({message}): check sslmode, sslrootcert and "
-            "channel_binding in the storage URL")
+            "channel_binding in the storage URL"
+        )
     if "permission denied" in lowered:
         return StorageError(
             f"user '{url.username}' may not create or change tunefleet's tables in {shown} "
-            f"({message}): grant it CREATE on the schema, or use a user that has it")
+            f"({message}): grant it CREATE on the schema, or use a user that has it"
+        )
     return StorageError(f"storage {shown} failed: {message}")

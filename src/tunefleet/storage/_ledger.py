@@ -58,8 +58,9 @@ metadata = MetaData()
 fleet_studies = Table(
     "tunefleet_studies",
     metadata,
-    Column("study_id", Integer,
-           ForeignKey(_studies.c.study_id, ondelete="CASCADE"), primary_key=True),
+    Column(
+        "study_id", Integer, ForeignKey(_studies.c.study_id, ondelete="CASCADE"), primary_key=True
+    ),
     Column("n_trials", Integer, nullable=True),
     Column("deadline", Float, nullable=True),
     Column("n_claimed", Integer, nullable=False, default=0),
@@ -71,11 +72,20 @@ fleet_claims = Table(
     "tunefleet_claims",
     metadata,
     Column("claim_id", Integer, primary_key=True, autoincrement=True),
-    Column("study_id", Integer,
-           ForeignKey(fleet_studies.c.study_id, ondelete="CASCADE"), nullable=False),
+    Column(
+        "study_id",
+        Integer,
+        ForeignKey(fleet_studies.c.study_id, ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("worker_id", String(64), nullable=False),
-    Column("trial_id", Integer,
-           ForeignKey(_trials.c.trial_id, ondelete="CASCADE"), nullable=True, unique=True),
+    Column(
+        "trial_id",
+        Integer,
+        ForeignKey(_trials.c.trial_id, ondelete="CASCADE"),
+        nullable=True,
+        unique=True,
+    ),
     Column("claimed_at", Float, nullable=False),
     Index("ix_tunefleet_claims_study_id", "study_id"),
 )
@@ -84,8 +94,12 @@ fleet_workers = Table(
     "tunefleet_workers",
     metadata,
     Column("worker_id", String(64), primary_key=True),
-    Column("study_id", Integer,
-           ForeignKey(fleet_studies.c.study_id, ondelete="CASCADE"), nullable=False),
+    Column(
+        "study_id",
+        Integer,
+        ForeignKey(fleet_studies.c.study_id, ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("ordinal", Integer, nullable=False),
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
@@ -97,7 +111,7 @@ fleet_workers = Table(
 )
 
 
-class epoch_now(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it is
+class epoch_now(FunctionElement[float]):
     """The database server's clock as seconds since the epoch."""
 
     type = Float()
@@ -164,16 +178,28 @@ class Ledger:
         is idempotent, and a larger value extends a finished study.
         """
         with self._engine.begin() as conn:
-            row = {"study_id": study_id, "n_trials": n_trials, "n_claimed": 0, "n_workers": 0,
-                   "created_at": epoch_now(),
-                   "deadline": None if timeout is None else epoch_now() + timeout}
-            conn.execute(self._insert(fleet_studies).values(**row)
-                         .on_conflict_do_nothing(index_elements=["study_id"]))
+            row = {
+                "study_id": study_id,
+                "n_trials": n_trials,
+                "n_claimed": 0,
+                "n_workers": 0,
+                "created_at": epoch_now(),
+                "deadline": None if timeout is None else epoch_now() + timeout,
+            }
+            conn.execute(
+                self._insert(fleet_studies)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=["study_id"])
+            )
             if n_trials is not None:
-                conn.execute(update(fleet_studies)
-                             .where(fleet_studies.c.study_id == study_id,
-                                    fleet_studies.c.n_trials.is_distinct_from(n_trials))
-                             .values(n_trials=n_trials))
+                conn.execute(
+                    update(fleet_studies)
+                    .where(
+                        fleet_studies.c.study_id == study_id,
+                        fleet_studies.c.n_trials.is_distinct_from(n_trials),
+                    )
+                    .values(n_trials=n_trials)
+                )
             return self._budget(conn, study_id)
 
     def budget(self, study_id: int) -> Budget:
@@ -182,85 +208,126 @@ class Ledger:
 
     def _budget(self, conn: Connection, study_id: int) -> Budget:
         row = conn.execute(
-            select(fleet_studies.c.n_trials, fleet_studies.c.n_claimed,
-                   fleet_studies.c.deadline, epoch_now())
-            .where(fleet_studies.c.study_id == study_id)).one()
+            select(
+                fleet_studies.c.n_trials,
+                fleet_studies.c.n_claimed,
+                fleet_studies.c.deadline,
+                epoch_now(),
+            ).where(fleet_studies.c.study_id == study_id)
+        ).one()
         n_open = conn.execute(
             select(func.count())
-            .select_from(fleet_claims.outerjoin(_trials,
-                                                _trials.c.trial_id == fleet_claims.c.trial_id))
-            .where(fleet_claims.c.study_id == study_id,
-                   or_(fleet_claims.c.trial_id.is_(None),
-                       _trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING])))
+            .select_from(
+                fleet_claims.outerjoin(_trials, _trials.c.trial_id == fleet_claims.c.trial_id)
+            )
+            .where(
+                fleet_claims.c.study_id == study_id,
+                or_(
+                    fleet_claims.c.trial_id.is_(None),
+                    _trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]),
+                ),
+            )
         ).scalar_one()
-        return Budget(n_trials=row[0], n_claimed=row[1], n_open=n_open, deadline=row[2],
-                      now=row[3])
+        return Budget(n_trials=row[0], n_claimed=row[1], n_open=n_open, deadline=row[2], now=row[3])
 
     def claim(self, study_id: int, worker_id: str) -> int | None:
         """Take one budget slot; return the claim's id, or None when no slot is free."""
         with self._engine.begin() as conn:
             taken = conn.execute(
                 update(fleet_studies)
-                .where(fleet_studies.c.study_id == study_id,
-                       or_(fleet_studies.c.n_trials.is_(None),
-                           fleet_studies.c.n_claimed < fleet_studies.c.n_trials),
-                       or_(fleet_studies.c.deadline.is_(None),
-                           fleet_studies.c.deadline > epoch_now()))
+                .where(
+                    fleet_studies.c.study_id == study_id,
+                    or_(
+                        fleet_studies.c.n_trials.is_(None),
+                        fleet_studies.c.n_claimed < fleet_studies.c.n_trials,
+                    ),
+                    or_(fleet_studies.c.deadline.is_(None), fleet_studies.c.deadline > epoch_now()),
+                )
                 .values(n_claimed=fleet_studies.c.n_claimed + 1)
-                .returning(fleet_studies.c.n_claimed)).first()
+                .returning(fleet_studies.c.n_claimed)
+            ).first()
             if taken is None:
                 return None
             claim_id: int = conn.execute(
                 insert(fleet_claims)
                 .values(study_id=study_id, worker_id=worker_id, claimed_at=epoch_now())
-                .returning(fleet_claims.c.claim_id)).scalar_one()
+                .returning(fleet_claims.c.claim_id)
+            ).scalar_one()
             return claim_id
 
     def attach(self, claim_id: int, trial_id: int) -> None:
         """Record which trial a claimed slot became."""
         with self._engine.begin() as conn:
-            conn.execute(update(fleet_claims).where(fleet_claims.c.claim_id == claim_id)
-                         .values(trial_id=trial_id))
+            conn.execute(
+                update(fleet_claims)
+                .where(fleet_claims.c.claim_id == claim_id)
+                .values(trial_id=trial_id)
+            )
 
     def release(self, claim_id: int) -> None:
         """Give a slot back: its trial did not finish by the objective's hand and must not count."""
         with self._engine.begin() as conn:
             study_id = conn.execute(
-                fleet_claims.delete().where(fleet_claims.c.claim_id == claim_id)
-                .returning(fleet_claims.c.study_id)).scalar_one_or_none()
+                fleet_claims.delete()
+                .where(fleet_claims.c.claim_id == claim_id)
+                .returning(fleet_claims.c.study_id)
+            ).scalar_one_or_none()
             if study_id is not None:
-                conn.execute(update(fleet_studies).where(fleet_studies.c.study_id == study_id)
-                             .values(n_claimed=fleet_studies.c.n_claimed - 1))
+                conn.execute(
+                    update(fleet_studies)
+                    .where(fleet_studies.c.study_id == study_id)
+                    .values(n_claimed=fleet_studies.c.n_claimed - 1)
+                )
 
     def register_worker(self, study_id: int, worker_id: str, host: str, pid: int) -> int:
         """Add a worker to the registry; return its ordinal in the study (0, 1, 2, ...)."""
         with self._engine.begin() as conn:
-            ordinal: int = conn.execute(
-                update(fleet_studies).where(fleet_studies.c.study_id == study_id)
-                .values(n_workers=fleet_studies.c.n_workers + 1)
-                .returning(fleet_studies.c.n_workers)).scalar_one() - 1
-            conn.execute(insert(fleet_workers).values(
-                worker_id=worker_id, study_id=study_id, ordinal=ordinal, host=host, pid=pid,
-                started_at=epoch_now(), heartbeat_at=epoch_now()))
+            ordinal: int = (
+                conn.execute(
+                    update(fleet_studies)
+                    .where(fleet_studies.c.study_id == study_id)
+                    .values(n_workers=fleet_studies.c.n_workers + 1)
+                    .returning(fleet_studies.c.n_workers)
+                ).scalar_one()
+                - 1
+            )
+            conn.execute(
+                insert(fleet_workers).values(
+                    worker_id=worker_id,
+                    study_id=study_id,
+                    ordinal=ordinal,
+                    host=host,
+                    pid=pid,
+                    started_at=epoch_now(),
+                    heartbeat_at=epoch_now(),
+                )
+            )
             return ordinal
 
     def worker_finished(self, worker_id: str, reason: str) -> None:
         with self._engine.begin() as conn:
-            conn.execute(update(fleet_workers).where(fleet_workers.c.worker_id == worker_id)
-                         .values(finished_at=epoch_now(), heartbeat_at=epoch_now(),
-                                 exit_reason=reason[:64]))
+            conn.execute(
+                update(fleet_workers)
+                .where(fleet_workers.c.worker_id == worker_id)
+                .values(finished_at=epoch_now(), heartbeat_at=epoch_now(), exit_reason=reason[:64])
+            )
 
     def trial_counts(self, study_id: int) -> dict[str, int]:
         """Number of the study's trials in each Optuna state (states with none are left out)."""
         with self._engine.begin() as conn:
-            rows = conn.execute(select(_trials.c.state, func.count())
-                                .where(_trials.c.study_id == study_id)
-                                .group_by(_trials.c.state)).all()
+            rows = conn.execute(
+                select(_trials.c.state, func.count())
+                .where(_trials.c.study_id == study_id)
+                .group_by(_trials.c.state)
+            ).all()
         return {state.name: count for state, count in rows}
 
     def claimed_trial_ids(self, study_id: int) -> set[int]:
         """Ids of the trials that hold a budget slot."""
         with self._engine.begin() as conn:
-            rows = conn.execute(select(fleet_claims.c.trial_id).where(
-                and_(fleet_claims.c.study_id == study_id, fleet_claims.c.trial_id.is_not(None))))
+            rows = conn.execute(
+                select(fleet_claims.c.trial_id).where(
+                    and_(fleet_claims.c.study_id == study_id, fleet_claims.c.trial_id.is_not(None))
+                )
+            )
             return {r[0] for r in rows}

@@ -9,11 +9,16 @@ from pathlib import Path
 import sqlalchemy.exc
 from sqlalchemy.engine import URL, make_url
 
-from tunefleet._redact import register_secret
+from tunefleet._redact import redact, register_secret
 from tunefleet.errors import StorageError
 
-__all__ = ["EMBEDDED_FILENAME", "STORAGE_ENV_VARS", "display_url", "parse_storage_url",
-           "resolve_storage_url"]
+__all__ = [
+    "EMBEDDED_FILENAME",
+    "STORAGE_ENV_VARS",
+    "display_url",
+    "parse_storage_url",
+    "resolve_storage_url",
+]
 
 #: The embedded store's file, created in the working directory when no URL is given.
 EMBEDDED_FILENAME = "tunefleet.db"
@@ -24,10 +29,15 @@ STORAGE_ENV_VARS = ("TUNEFLEET_STORAGE", "DATABASE_URL")
 # One driver for PostgreSQL: psycopg 3, a dependency of tunefleet. Every spelling of a Postgres URL
 # (Neon hands out postgresql://, Heroku postgres://, old code postgresql+psycopg2://) maps to it,
 # so a plain URL works without the user knowing which DBAPI SQLAlchemy would have guessed.
-_POSTGRES_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2",
-                     "postgres+psycopg", "postgres+psycopg2"}
-_EXPECTED = ("expected postgresql://user:password@host:5432/dbname "
-             "or sqlite:///path/to/file.db")
+_POSTGRES_DRIVERS = {
+    "postgres",
+    "postgresql",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+    "postgres+psycopg",
+    "postgres+psycopg2",
+}
+_EXPECTED = "expected postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
 
 
 def resolve_storage_url(flag: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -57,33 +67,34 @@ def parse_storage_url(raw: str) -> URL:
     if url.drivername in _POSTGRES_DRIVERS:
         url = url.set(drivername="postgresql+psycopg")
         if not url.host and "host" not in url.query:
-            raise StorageError(
-                f"storage URL '{display_url(url)}' names no host: {_EXPECTED}")
+            raise StorageError(f"storage URL '{display_url(url)}' names no host: {_EXPECTED}")
         if not url.database:
             raise StorageError(
                 f"storage URL '{display_url(url)}' names no database: add /dbname, "
-                "as in postgresql://user:password@host:5432/dbname")
+                "as in postgresql://user:password@host:5432/dbname"
+            )
         return url
     if url.drivername in {"sqlite", "sqlite+pysqlite"}:
         if not url.database or url.database == ":memory:":
             raise StorageError(
                 "an in-memory SQLite store cannot be shared by workers: "
-                "give a file, as in sqlite:///tunefleet.db")
+                "give a file, as in sqlite:///tunefleet.db"
+            )
         return url.set(drivername="sqlite")
     raise StorageError(
         f"unsupported storage '{url.drivername}' in '{display_url(url)}': tunefleet stores "
-        f"studies in PostgreSQL or in an embedded SQLite file; {_EXPECTED}")
+        f"studies in PostgreSQL or in an embedded SQLite file; {_EXPECTED}"
+    )
 
 
 def display_url(url: URL | str) -> str:
     """The URL as it may be shown: password masked, driver name as the user would write it."""
     if isinstance(url, str):
+        raw = url
         try:
-            url = make_url(url)
+            url = make_url(raw)
         except (sqlalchemy.exc.ArgumentError, ValueError):
-            from tunefleet._redact import redact
-
-            return redact(url)
+            return redact(raw)
     if url.drivername == "postgresql+psycopg":
         url = url.set(drivername="postgresql")
     return url.render_as_string(hide_password=True)

@@ -1,17 +1,10 @@
-"""The ``tunefleet`` command line. Commands are thin: parse, call the library, print, exit.
-
-Every problem a user can fix is printed as one line, ``error: <problem>: <fix>``, with a
-non-zero exit code; a traceback only with ``--debug`` (or ``TUNEFLEET_DEBUG=1``).
-"""
+"""``tunefleet run`` and ``tunefleet worker``, and the study options they share."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,35 +22,62 @@ from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
 from tunefleet.study import default_study_name, open_study, resolve_directions
 from tunefleet.summary import summarize
 
-__all__ = ["cli", "main"]
+__all__ = ["build_spec", "run", "study_options", "worker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-               "error": logging.ERROR}
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
-def _study_options(func: F) -> F:
+def study_options(func: F) -> F:
     """The options ``run`` and ``worker`` share: everything that defines the study."""
     options = [
         click.argument("objective", required=False),
         click.option("--study", help="Study name (default: from the objective)."),
-        click.option("--storage", metavar="URL",
-                     help="postgresql://user:pw@host/db or sqlite:///file.db (default: "
-                          "$TUNEFLEET_STORAGE, $DATABASE_URL, else ./tunefleet.db)."),
-        click.option("--n-trials", type=int,
-                     help="Total trials for the whole study, across every worker and restart."),
-        click.option("--timeout", type=float, metavar="SECONDS",
-                     help="Deadline for the whole study, counted from its creation."),
-        click.option("--direction", "directions", multiple=True,
-                     type=click.Choice(["minimize", "maximize"]),
-                     help="Repeat for multi-objective (default: the objective's, else minimize)."),
+        click.option(
+            "--storage",
+            metavar="URL",
+            help="postgresql://user:pw@host/db or sqlite:///file.db (default: "
+            "$TUNEFLEET_STORAGE, $DATABASE_URL, else ./tunefleet.db).",
+        ),
+        click.option(
+            "--n-trials",
+            type=int,
+            help="Total trials for the whole study, across every worker and restart.",
+        ),
+        click.option(
+            "--timeout",
+            type=float,
+            metavar="SECONDS",
+            help="Deadline for the whole study, counted from its creation.",
+        ),
+        click.option(
+            "--direction",
+            "directions",
+            multiple=True,
+            type=click.Choice(["minimize", "maximize"]),
+            help="Repeat for multi-objective (default: the objective's, else minimize).",
+        ),
         click.option("--sampler", type=click.Choice(SAMPLERS), help="Optuna sampler [tpe]."),
         click.option("--seed", type=int, help="Sampler and objective seed."),
         click.option("--pruner", type=click.Choice(PRUNERS), help="Optuna pruner [median]."),
-        click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                     help="TOML study spec; flags override it."),
-        click.option("--objective-arg", "objective_args", multiple=True, metavar="KEY=VALUE",
-                     help="Setting passed to the objective (repeatable)."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            help="TOML study spec; flags override it.",
+        ),
+        click.option(
+            "--objective-arg",
+            "objective_args",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Setting passed to the objective (repeatable).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON."),
     ]
     for option in reversed(options):
@@ -65,14 +85,25 @@ def _study_options(func: F) -> F:
     return func
 
 
-def _build_spec(objective: str | None, config_path: str | None, objective_args: Sequence[str],
-                directions: Sequence[str], **flags: Any) -> StudySpec:
+def build_spec(
+    objective: str | None,
+    config_path: str | None,
+    objective_args: Sequence[str],
+    directions: Sequence[str],
+    **flags: Any,
+) -> StudySpec:
     spec = load_spec(config_path) if config_path else StudySpec()
-    spec = spec.merged(objective=objective, directions=tuple(directions),
-                       objective_args=parse_objective_args(objective_args), **flags)
+    spec = spec.merged(
+        objective=objective,
+        directions=tuple(directions),
+        objective_args=parse_objective_args(objective_args),
+        **flags,
+    )
     if not spec.objective:
-        raise ConfigError("no objective given: name one (tunefleet run sklearn-iris) or set "
-                          "objective = \"...\" in the --config file")
+        raise ConfigError(
+            "no objective given: name one (tunefleet run sklearn-iris) or set "
+            'objective = "..." in the --config file'
+        )
     return spec
 
 
@@ -89,8 +120,17 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
 def _worker_args(spec: StudySpec, log_level: str) -> list[str]:
     """The ``tunefleet worker`` flags that reproduce ``spec`` (storage travels in the env)."""
     assert spec.objective is not None and spec.study is not None
-    args = [spec.objective, "--study", spec.study, "--sampler", spec.sampler,
-            "--pruner", spec.pruner, "--log-level", log_level]
+    args = [
+        spec.objective,
+        "--study",
+        spec.study,
+        "--sampler",
+        spec.sampler,
+        "--pruner",
+        spec.pruner,
+        "--log-level",
+        log_level,
+    ]
     for d in spec.directions:
         args += ["--direction", d]
     if spec.n_trials is not None:
@@ -104,26 +144,19 @@ def _worker_args(spec: StudySpec, log_level: str) -> list[str]:
     return args
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="tunefleet")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug: bool) -> None:
-    """Distributed hyperparameter tuning: a fleet of workers tunes one Optuna study.
-
-    \b
-    Examples:
-      tunefleet run sklearn-iris --n-trials 100 --workers 3
-      DATABASE_URL=postgresql://u:pw@host/db tunefleet run sklearn-iris --study iris --n-trials 100
-      tunefleet worker sklearn-iris --study iris --n-trials 100
-    """
-
-
-@cli.command()
-@_study_options
+@click.command()
+@study_options
 @click.option("--workers", type=int, help="Worker processes [number of CPUs].")
 @click.option("-v", "--verbose", is_flag=True, help="Show every worker's per-trial log lines.")
-def run(objective: str | None, config_path: str | None, objective_args: tuple[str, ...],
-        directions: tuple[str, ...], as_json: bool, verbose: bool, **flags: Any) -> int:
+def run(
+    objective: str | None,
+    config_path: str | None,
+    objective_args: tuple[str, ...],
+    directions: tuple[str, ...],
+    as_json: bool,
+    verbose: bool,
+    **flags: Any,
+) -> int:
     """Run a local fleet of workers on one study and wait until it is done.
 
     The budget (--n-trials) and the deadline (--timeout) are for the whole study, not per
@@ -135,7 +168,7 @@ def run(objective: str | None, config_path: str | None, objective_args: tuple[st
     from tunefleet.fleet import LocalFleet
 
     setup_logging(logging.INFO if verbose else logging.WARNING)
-    spec = _build_spec(objective, config_path, objective_args, directions, **flags)
+    spec = build_spec(objective, config_path, objective_args, directions, **flags)
     spec, objective_obj, storage = _prepare(spec)
     fleet_study = open_study(storage, spec, objective_obj)
     console = Console(stderr=True)
@@ -158,8 +191,12 @@ def run(objective: str | None, config_path: str | None, objective_args: tuple[st
     def show(index: int, line: str) -> None:
         console.print(f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False)
 
-    fleet = LocalFleet(n_workers, _worker_args(spec, "info" if verbose else "warning"),
-                       env={"TUNEFLEET_STORAGE": storage.env_url}, on_output=show)
+    fleet = LocalFleet(
+        n_workers,
+        _worker_args(spec, "info" if verbose else "warning"),
+        env={"TUNEFLEET_STORAGE": storage.env_url},
+        on_output=show,
+    )
     console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")
     with FleetProgress(console, fleet_study.name, spec.n_trials) as progress:
         fleet.start()
@@ -178,17 +215,31 @@ def run(objective: str | None, config_path: str | None, objective_args: tuple[st
     code = done(0 if not failed else 1)
     if failed:
         listing = ", ".join(f"w{i} exited {c}" for i, c in failed)
-        raise TunefleetError(f"{len(failed)} of {n_workers} workers failed ({listing}): "
-                             "rerun with -v to see their logs")
+        raise TunefleetError(
+            f"{len(failed)} of {n_workers} workers failed ({listing}): "
+            "rerun with -v to see their logs"
+        )
     return code
 
 
-@cli.command()
-@_study_options
-@click.option("--log-level", type=click.Choice(list(_LOG_LEVELS)), default="info",
-              show_default=True, help="Worker log verbosity.")
-def worker(objective: str | None, config_path: str | None, objective_args: tuple[str, ...],
-           directions: tuple[str, ...], as_json: bool, log_level: str, **flags: Any) -> int:
+@click.command()
+@study_options
+@click.option(
+    "--log-level",
+    type=click.Choice(list(LOG_LEVELS)),
+    default="info",
+    show_default=True,
+    help="Worker log verbosity.",
+)
+def worker(
+    objective: str | None,
+    config_path: str | None,
+    objective_args: tuple[str, ...],
+    directions: tuple[str, ...],
+    as_json: bool,
+    log_level: str,
+    **flags: Any,
+) -> int:
     """Run one worker: join the study (creating it if needed) and run trials until it is done.
 
     This is what a Kubernetes pod or a process on any other machine runs. It exits 0 only when
@@ -198,8 +249,8 @@ def worker(objective: str | None, config_path: str | None, objective_args: tuple
     """
     from tunefleet.worker import Worker
 
-    setup_logging(_LOG_LEVELS[log_level])
-    spec = _build_spec(objective, config_path, objective_args, directions, **flags)
+    setup_logging(LOG_LEVELS[log_level])
+    spec = build_spec(objective, config_path, objective_args, directions, **flags)
     spec, objective_obj, storage = _prepare(spec)
     started = time.monotonic()
     result = Worker(storage, spec, objective_obj).run()
@@ -208,47 +259,3 @@ def worker(objective: str | None, config_path: str | None, objective_args: tuple
         summary = summarize(fleet_study, wall_s=time.monotonic() - started)
         Console().print_json(json.dumps(summary.to_json()))
     return result.exit_code
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: run the CLI and turn every error into one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("TUNEFLEET_DEBUG", "") not in ("", "0")
-    # --debug is accepted anywhere on the line, not only before the command.
-    args = (["--debug"] if "--debug" in args else []) + [a for a in args if a != "--debug"]
-    try:
-        code = cli.main(args=args, prog_name="tunefleet", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        _error("aborted")
-        code = 130
-    except click.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "tunefleet"
-        message = exc.format_message().replace("\n", " ")
-        _error(f"{message} (see '{command} --help')")
-        code = exc.exit_code
-    except click.ClickException as exc:
-        _error(exc.format_message())
-        code = exc.exit_code
-    except TunefleetError as exc:
-        if debug:
-            _traceback()
-        _error(str(exc))
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        code = 130
-    except Exception as exc:
-        if debug:
-            _traceback()
-        _error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
-        code = 1
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def _error(message: str) -> None:
-    click.echo(f"error: {redact(message)}", err=True)
-
-
-def _traceback() -> None:
-    click.echo(redact(traceback.format_exc()), err=True)

@@ -1,0 +1,104 @@
+"""Shared fixtures: a real PostgreSQL database per test, an embedded store per test, and a helper
+to run the real ``tunefleet`` command in a subprocess.
+
+PostgreSQL comes from ``TUNEFLEET_TEST_POSTGRES`` (an admin URL; default: the local server at
+127.0.0.1:5432 as ``postgres``). If nothing answers there, a throwaway server is started from the
+PostgreSQL binaries on this machine. If that is impossible too, Postgres tests are skipped — except
+when ``CI`` is set, where they fail: a skipped Postgres test in CI is a broken promise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.pgserver import ThrowawayPostgres, find_pg_bin
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DATA = Path(__file__).parent / "data"
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A superuser URL on a live PostgreSQL server (the machine's own, or a throwaway one)."""
+    url = os.environ.get("TUNEFLEET_TEST_POSTGRES", DEFAULT_ADMIN_URL)
+    if _reachable(url):
+        yield url
+        return
+    if find_pg_bin() is not None:
+        server = ThrowawayPostgres().start()
+        try:
+            yield server.url()
+        finally:
+            server.close()
+        return
+    message = (f"no PostgreSQL at {url} and no initdb on PATH: start one, or set "
+               "TUNEFLEET_TEST_POSTGRES=postgresql://user@host:port/postgres")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _with_database(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for this test alone; dropped afterwards."""
+    name = f"tunefleet_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(pg_admin_url, name)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tunefleet.db'}"
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs once on the embedded store and once on PostgreSQL."""
+    if request.param == "embedded":
+        return f"sqlite:///{tmp_path / 'tunefleet.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for a tunefleet subprocess, without storage settings from outside."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TUNEFLEET_STORAGE", "DATABASE_URL", "TUNEFLEET_DEBUG")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def tunefleet(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+              timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a fresh interpreter, as a user (or a pod) would."""
+    full_env = clean_env()
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tunefleet", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,75 @@
+"""User objectives for the tests, imported by path as ``tests/data/objectives.py:NAME``."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import optuna
+
+
+def quadratic(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    y = trial.suggest_int("y", -5, 5)
+    return (x - 2) ** 2 + y**2
+
+
+def scaled(trial: optuna.Trial, scale: float = 1.0, offset: int = 0) -> float:
+    x = trial.suggest_float("x", -1, 1)
+    return scale * x * x + offset
+
+
+def record(trial: optuna.Trial) -> float:
+    """Appends each value it computes to $RECORD_FILE, so a test can compare with the database."""
+    x = trial.suggest_float("x", 0, 1)
+    value = x * 3
+    with Path(os.environ["RECORD_FILE"]).open("a") as f:
+        f.write(f"{trial.number} {value!r}\n")
+    return value
+
+
+def two_objectives(trial: optuna.Trial) -> tuple[float, float]:
+    x = trial.suggest_float("x", 0, 1)
+    return x, (1 - x) ** 2
+
+
+def returns_nan(trial: optuna.Trial) -> float:
+    trial.suggest_float("x", 0, 1)
+    return math.nan
+
+
+def returns_none(trial: optuna.Trial) -> None:
+    trial.suggest_float("x", 0, 1)
+
+
+def returns_string(trial: optuna.Trial) -> str:
+    trial.suggest_float("x", 0, 1)
+    return "0.5"
+
+
+def fails_on_odd(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number % 2:
+        raise ValueError(f"odd trial {trial.number}")
+    return x
+
+
+def prunes_at_step_one(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0, 1)
+    for step in range(3):
+        trial.report(x + step, step)
+        if step == 1:
+            raise optuna.TrialPruned()
+    return x
+
+
+def no_arguments() -> float:
+    return 1.0
+
+
+def two_required(trial: optuna.Trial, other: int) -> float:
+    return float(other)
+
+
+NOT_A_FUNCTION = 3
