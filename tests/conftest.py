@@ -48,8 +48,10 @@ def pg_admin_url() -> Iterator[str]:
         finally:
             server.close()
         return
-    message = (f"no PostgreSQL at {url} and no initdb on PATH: start one, or set "
-               "TUNEFLEET_TEST_POSTGRES=postgresql://user@host:port/postgres")
+    message = (
+        f"no PostgreSQL at {url} and no initdb on PATH: start one, or set "
+        "TUNEFLEET_TEST_POSTGRES=postgresql://user@host:port/postgres"
+    )
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -70,8 +72,9 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
         yield _with_database(pg_admin_url, name)
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture
@@ -89,16 +92,26 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def clean_env() -> dict[str, str]:
     """The environment for a tunefleet subprocess, without storage settings from outside."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TUNEFLEET_STORAGE", "DATABASE_URL", "TUNEFLEET_DEBUG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TUNEFLEET_STORAGE", "DATABASE_URL", "TUNEFLEET_DEBUG")
+    }
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def tunefleet(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-              timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def tunefleet(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a fresh interpreter, as a user (or a pod) would."""
     full_env = clean_env()
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "tunefleet", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tunefleet", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

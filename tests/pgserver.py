@@ -6,6 +6,7 @@ do: password authentication (the shared one trusts everyone on loopback) or a re
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -70,17 +71,31 @@ class ThrowawayPostgres:
                 user = pwd.getpwnam("postgres")
                 os.chown(pwfile, user.pw_uid, user.pw_gid)
             auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
-        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                  "--no-sync", *auth)
+        self._run(
+            str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--no-sync", *auth
+        )
         self.resume()
         return self
 
     def resume(self) -> None:
         """Start (or restart after :meth:`stop`) the server and wait until it accepts."""
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c max_connections=200")
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options,
-                  "-l", str(self.root / "log"), "-w", "-t", "60", "start")
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c max_connections=200"
+        )
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
@@ -91,10 +106,8 @@ class ThrowawayPostgres:
         return f"postgresql://{auth}127.0.0.1:{self.port}/{database}"
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
     def wait_ready(self, timeout: float = 30) -> None:

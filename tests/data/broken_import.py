@@ -1,5 +1,5 @@
 import a_module_that_does_not_exist  # noqa: F401
 
 
-def objective(trial):  # noqa: ANN001, ANN201
+def objective(trial):
     return 1.0
