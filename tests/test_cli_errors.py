@@ -4,6 +4,7 @@ no traceback (unless --debug), and never the password."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,15 +45,32 @@ def assert_one_line_error(result: object, fragment: str, code: int | None = None
 
 def test_unreachable_host(tmp_path: Path) -> None:
     url = f"postgresql://me:{PASSWORD}@127.0.0.1:1/tuning"
-    result = tunefleet("run", "sklearn-iris", "--storage", url, "--n-trials", "1", cwd=tmp_path)
+    result = tunefleet(
+        "run", "sklearn-iris", "--storage", url, "--n-trials", "1", "--db-wait", "0", cwd=tmp_path
+    )
     line = assert_one_line_error(result, "cannot reach PostgreSQL at 127.0.0.1:1", code=3)
     assert "check the host and port" in line
 
 
 def test_unreachable_host_from_database_url(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"postgresql://me:{PASSWORD}@127.0.0.1:1/tuning"}
-    result = tunefleet("worker", "sklearn-iris", "--n-trials", "1", cwd=tmp_path, env=env)
+    result = tunefleet(
+        "worker", "sklearn-iris", "--n-trials", "1", "--db-wait", "0", cwd=tmp_path, env=env
+    )
     assert_one_line_error(result, "cannot reach PostgreSQL", code=3)
+
+
+def test_unreachable_at_start_is_retried_until_db_wait(tmp_path: Path) -> None:
+    url = f"postgresql://me:{PASSWORD}@127.0.0.1:1/tuning"
+    started = time.monotonic()
+    result = tunefleet("worker", "sklearn-iris", "--storage", url, "--db-wait", "2", cwd=tmp_path)
+    assert time.monotonic() - started >= 2
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert "unavailable" in lines[0] and "retrying for up to 2s" in lines[0]
+    assert lines[-1].startswith("error: cannot reach PostgreSQL at 127.0.0.1:1")
+    assert "gave up after 2s" in lines[-1]
+    assert PASSWORD not in result.stderr
 
 
 def test_wrong_password(password_server: ThrowawayPostgres, tmp_path: Path) -> None:
@@ -170,7 +188,9 @@ def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
 
 def test_debug_shows_the_traceback_but_still_no_password(tmp_path: Path) -> None:
     url = f"postgresql://me:{PASSWORD}@127.0.0.1:1/tuning"
-    result = tunefleet("--debug", "run", "sklearn-iris", "--storage", url, cwd=tmp_path)
+    result = tunefleet(
+        "--debug", "run", "sklearn-iris", "--storage", url, "--db-wait", "0", cwd=tmp_path
+    )
     assert result.returncode == 3
     assert "Traceback" in result.stderr
     assert PASSWORD not in result.stderr

@@ -12,6 +12,11 @@ One file describes a study for a local fleet now and for Kubernetes later::
     seed = 42
     pruner = "median"
     workers = 3
+    # fault tolerance (defaults shown)
+    heartbeat_interval = 5  # seconds between a worker's heartbeats
+    grace_period = 60       # silence after which a worker is declared lost
+    retry_failed = 0        # re-runs of a trial whose objective raised, same parameters
+    db_wait = 60            # seconds to wait for an unreachable database
 
     [objective_args]
     n_folds = 3
@@ -60,6 +65,11 @@ class StudySpec:
     pruner: str = "median"
     workers: int | None = None
     objective_args: Mapping[str, Any] = field(default_factory=dict)
+    heartbeat_interval: float = 5.0
+    grace_period: float = 60.0
+    retry_failed: int = 0
+    db_wait: float = 60.0
+    max_restarts: int | None = None
 
     def merged(self, **overrides: Any) -> StudySpec:
         """A copy with every override that is not None (or empty) applied, then validated."""
@@ -80,6 +90,23 @@ class StudySpec:
             raise bad("n_trials", f"must be a positive number of trials, got {self.n_trials}")
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise bad("timeout", f"must be a positive number of seconds, got {self.timeout}")
+        if not (self.heartbeat_interval > 0 and math.isfinite(self.heartbeat_interval)):
+            raise bad(
+                "heartbeat_interval",
+                f"must be a positive number of seconds, got {self.heartbeat_interval}",
+            )
+        if not self.grace_period >= 2 * self.heartbeat_interval:
+            raise bad(
+                "grace_period",
+                f"must be at least twice the heartbeat interval "
+                f"({self.heartbeat_interval:g}s), got {self.grace_period:g}",
+            )
+        if self.retry_failed < 0:
+            raise bad("retry_failed", f"must be 0 or more, got {self.retry_failed}")
+        if not (self.db_wait >= 0 and math.isfinite(self.db_wait)):
+            raise bad("db_wait", f"must be 0 or more seconds, got {self.db_wait}")
+        if self.max_restarts is not None and self.max_restarts < 0:
+            raise bad("max_restarts", f"must be 0 or more, got {self.max_restarts}")
         if self.workers is not None and self.workers <= 0:
             raise bad("workers", f"must be at least 1, got {self.workers}")
         for d in self.directions:
@@ -112,6 +139,11 @@ _FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "pruner": ((str,), f"one of {', '.join(PRUNERS)}"),
     "workers": ((int,), "a positive integer"),
     "objective_args": ((dict,), "a table of settings, [objective_args]"),
+    "heartbeat_interval": ((int, float), "a number of seconds"),
+    "grace_period": ((int, float), "a number of seconds"),
+    "retry_failed": ((int,), "a number of retries"),
+    "db_wait": ((int, float), "a number of seconds"),
+    "max_restarts": ((int,), "a number of restarts"),
 }
 
 
@@ -157,8 +189,9 @@ def spec_from_mapping(data: Mapping[str, Any], source: str) -> StudySpec:
                 f"{_FILE_KEYS['direction'][1]}, got {directions!r}"
             )
         values["directions"] = tuple(directions)
-    if "timeout" in values:
-        values["timeout"] = float(values["timeout"])
+    for key in ("timeout", "heartbeat_interval", "grace_period", "db_wait"):
+        if key in values:
+            values[key] = float(values[key])
     return StudySpec(**values).validated(source=source)
 
 

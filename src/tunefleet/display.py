@@ -71,12 +71,16 @@ class FleetProgress:
         )
 
 
-def render_summary(console: Console, summary: StudySummary, restarts: int = 0) -> None:
+def render_summary(console: Console, summary: StudySummary) -> None:
     """The end-of-run summary: counts by state, best value and params, wall time."""
     states = ", ".join(f"{k.lower()} {v}" for k, v in summary.states.items() if v)
     budget = "no budget" if summary.budget is None else f"budget {summary.budget}"
     console.print(f"[bold]study[/] {summary.study}  ({summary.storage})")
     console.print(f"trials: {summary.n_trials} counted of {budget}; {states or 'none'}")
+    if summary.lost or summary.restarts:
+        console.print(
+            f"recovered: {summary.lost} trials lost and re-run, {summary.restarts} worker restarts"
+        )
     if len(summary.directions) == 1:
         if summary.best_value is not None:
             console.print(f"best value ({summary.directions[0]}): [bold]{summary.best_value:.6g}")

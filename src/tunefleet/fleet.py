@@ -15,11 +15,21 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 
-__all__ = ["Fleet", "LocalFleet"]
+__all__ = ["Fleet", "LocalFleet", "describe_exit"]
 
 #: How long workers get to hand their trials back after SIGTERM before they are killed; well
 #: inside Kubernetes' default 30 s grace period, which the same workers must meet.
 STOP_GRACE_S = 20.0
+
+
+def describe_exit(code: int) -> str:
+    """An exit code in words: ``exited 1``, ``killed by SIGKILL``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited {code}"
 
 
 class Fleet(ABC):
@@ -32,6 +42,10 @@ class Fleet(ABC):
     @abstractmethod
     def exit_codes(self) -> list[int | None]:
         """Each worker's exit code, or None while it runs."""
+
+    @abstractmethod
+    def restart(self, index: int) -> None:
+        """Replace a worker that has exited."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -61,26 +75,35 @@ class LocalFleet(Fleet):
         self.env = {**os.environ, **env}
         self.on_output = on_output
         self.processes: list[subprocess.Popen[str]] = []
+        self.restarts = 0
         self._readers: list[threading.Thread] = []
 
     def start(self) -> None:
         for index in range(self.n_workers):
-            # A session of its own: Ctrl-C in the terminal reaches only the parent, which then
-            # stops the workers in order (SIGTERM, wait, SIGKILL) rather than all at once.
-            proc = subprocess.Popen(
-                self.command,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
-                start_new_session=True,
-            )
-            self.processes.append(proc)
-            reader = threading.Thread(target=self._forward, args=(index, proc), daemon=True)
-            reader.start()
-            self._readers.append(reader)
+            self.processes.append(self._spawn(index))
+
+    def restart(self, index: int) -> None:
+        """Replace worker ``index``, which has exited, with a new process (like a Job's pod)."""
+        self.processes[index] = self._spawn(index)
+        self.restarts += 1
+
+    def _spawn(self, index: int) -> subprocess.Popen[str]:
+        # A session of its own: Ctrl-C in the terminal reaches only the parent, which then
+        # stops the workers in order (SIGTERM, wait, SIGKILL) rather than all at once.
+        proc = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        reader = threading.Thread(target=self._forward, args=(index, proc), daemon=True)
+        reader.start()
+        self._readers.append(reader)
+        return proc
 
     def _forward(self, index: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None

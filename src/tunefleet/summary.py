@@ -8,6 +8,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from tunefleet.recovery import LOST_ATTR
 from tunefleet.study import FleetStudy
 
 __all__ = ["StudySummary", "summarize"]
@@ -27,6 +28,8 @@ class StudySummary:
     wall_s: float = 0.0
     done: bool = False
     seconds_left: float | None = None
+    lost: int = 0
+    restarts: int = 0
 
     @property
     def n_running(self) -> int:
@@ -44,6 +47,8 @@ class StudySummary:
             "done": self.done,
             "directions": self.directions,
             "storage": self.storage,
+            "lost": self.lost,
+            "restarts": self.restarts,
         }
         if len(self.directions) > 1:
             out["best_trials"] = self.best_trials
@@ -56,6 +61,7 @@ def summarize(fleet_study: FleetStudy, wall_s: float = 0.0, with_best: bool = Tr
     study = fleet_study.study
     ledger_budget = storage.ledger.budget(fleet_study.study_id)
     counts = storage.ledger.trial_counts(fleet_study.study_id)
+    lost = storage.ledger.count_trials_with_attr(fleet_study.study_id, LOST_ATTR)
     states = {s.name: counts.get(s.name, 0) for s in TrialState}
     directions = [d.name.lower() for d in study.directions]
     best_value: float | None = None
@@ -83,6 +89,7 @@ def summarize(fleet_study: FleetStudy, wall_s: float = 0.0, with_best: bool = Tr
         directions=directions,
         best_trials=best_trials,
         wall_s=wall_s,
+        lost=lost,
         done=ledger_budget.done,
         seconds_left=ledger_budget.seconds_left,
     )

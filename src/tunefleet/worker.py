@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -26,6 +27,7 @@ from optuna.trial import TrialState
 from tunefleet._redact import redact
 from tunefleet.config import StudySpec
 from tunefleet.objectives import Objective, WorkerContext
+from tunefleet.recovery import ATTEMPT_ATTR, TRACEBACK_ATTR, requeue_trial
 from tunefleet.samplers import make_sampler
 from tunefleet.storage import FleetStorage
 from tunefleet.study import FleetStudy, open_study
@@ -74,7 +76,11 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    """Runs trials of one study until it is done."""
+    """Runs trials of one study until it is done.
+
+    Besides the trial loop, a background thread beats the worker's heartbeat into the registry
+    and takes over the trials of workers that stopped beating (see :mod:`tunefleet.recovery`).
+    """
 
     def __init__(self, storage: FleetStorage, spec: StudySpec, objective: Objective) -> None:
         self.storage = storage
@@ -83,6 +89,7 @@ class Worker:
         self.worker_id = new_worker_id()
         self.n_trials = 0
         self._stop = _StopSignals()
+        self._failed_in_a_row = 0
 
     def run(self) -> WorkerResult:
         fleet_study = open_study(self.storage, self.spec, self.objective)
@@ -101,16 +108,25 @@ class Worker:
         seed = None if self.spec.seed is None else self.spec.seed + ordinal
         n_objectives = len(fleet_study.study.directions)
         fleet_study.study.sampler = make_sampler(self.spec.sampler, seed, n_objectives)
-        self.objective.setup(WorkerContext(seed=self.spec.seed))
-        log.info("worker %s joined study %s on %s", self.worker_id, name, self.storage.display_url)
-
+        heartbeat = _Heartbeat(self, fleet_study.study_id)
+        heartbeat.start()
         reason = "interrupted"
         try:
             with self._stop:
+                self.objective.setup(WorkerContext(seed=self.spec.seed))
+                log.info(
+                    "worker %s joined study %s on %s",
+                    self.worker_id,
+                    name,
+                    self.storage.display_url,
+                )
                 reason = self._loop(fleet_study)
         except Interrupted as exc:
             log.warning("worker %s stopping on %s", self.worker_id, exc)
         finally:
+            heartbeat.stop()
+            for claim_id in ledger.open_claims_of(self.worker_id):
+                ledger.release(claim_id)
             ledger.worker_finished(self.worker_id, reason)
             log.info(
                 "worker %s stopped (%s) after %d trials", self.worker_id, reason, self.n_trials
@@ -124,7 +140,8 @@ class Worker:
             self._stop.check()
             claim_id = ledger.claim(fleet_study.study_id, self.worker_id)
             if claim_id is None:
-                # Every slot is taken; wait for the study to finish, or for a slot to come back.
+                # Every slot is taken; wait for the study to finish, or for a slot to come back
+                # (a lost trial re-queued by the heartbeat thread of this or another worker).
                 budget = ledger.budget(fleet_study.study_id)
                 if budget.done:
                     return self._done_reason(fleet_study)
@@ -132,14 +149,22 @@ class Worker:
                 poll = min(poll * 2, _POLL_MAX_S)
                 continue
             poll = _POLL_MIN_S
-            self._run_one(fleet_study.study, claim_id)
+            try:
+                self._run_one(fleet_study, claim_id)
+            except optuna.exceptions.UpdateFinishedTrialError as exc:
+                # The trial was declared lost while this worker was unresponsive (a long pause)
+                # and already runs again elsewhere: drop this attempt, do not crash.
+                log.warning(
+                    "dropping a trial that was re-queued while this worker was unresponsive: %s",
+                    exc,
+                )
 
     def _done_reason(self, fleet_study: FleetStudy) -> str:
         budget = self.storage.ledger.budget(fleet_study.study_id)
         return "deadline" if budget.deadline_passed and not budget.budget_spent else "budget"
 
-    def _run_one(self, study: optuna.Study, claim_id: int) -> None:
-        ledger = self.storage.ledger
+    def _run_one(self, fleet_study: FleetStudy, claim_id: int) -> None:
+        study, ledger = fleet_study.study, self.storage.ledger
         try:
             trial = study.ask()
         except BaseException:
@@ -153,29 +178,39 @@ class Worker:
             with self._stop.interruptible():
                 value = self.objective(trial)
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            self._tell(study, trial, state=TrialState.PRUNED)
             log.info(
                 "trial %d pruned at step %s (%.2fs)",
                 trial.number,
                 study._storage.get_trial(trial._trial_id).last_step,
                 time.perf_counter() - started,
             )
+            self._failed_in_a_row = 0
             return
-        except Interrupted:
-            # Not the objective's doing: the slot goes back so that the trial does not count.
-            self._fail(study, trial, "interrupted: the worker was stopped before the trial ended")
-            ledger.release(claim_id)
+        except Interrupted as exc:
+            # Not the objective's doing: hand the trial back at once, re-queued with the same
+            # parameters, rather than leave it to the grace period.
+            ledger.mark_requeue(claim_id)
+            requeue_trial(
+                self.storage,
+                fleet_study.study_id,
+                claim_id,
+                trial._trial_id,
+                lost_reason=f"worker {self.worker_id} was stopped ({exc})",
+            )
+            log.warning("trial %d handed back: re-queued with the same parameters", trial.number)
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            self._fail(study, trial, reason, details=traceback.format_exc())
+            self._fail(fleet_study, claim_id, trial, reason, details=traceback.format_exc())
             return
         problem = _invalid_value(value, len(study.directions))
         if problem is not None:
-            self._fail(study, trial, problem)
+            self._fail(fleet_study, claim_id, trial, problem)
             return
         values = [float(v) for v in _as_list(value)]
-        study.tell(trial, values)
+        self._tell(study, trial, values=values)
+        self._failed_in_a_row = 0
         log.info(
             "trial %d finished: value %s, params %s (%.2fs)",
             trial.number,
@@ -184,15 +219,124 @@ class Worker:
             time.perf_counter() - started,
         )
 
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
+        try:
+            study.tell(trial, **kwargs)
+        except ValueError as exc:
+            if "Cannot tell a" not in str(exc):
+                raise
+            # Optuna's words for a trial no longer RUNNING: it was declared lost meanwhile.
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"trial {trial.number} was already finished by another worker; its result "
+                f"{kwargs.get('values')} is dropped"
+            ) from exc
+
     def _fail(
-        self, study: optuna.Study, trial: optuna.Trial, reason: str, details: str | None = None
+        self,
+        fleet_study: FleetStudy,
+        claim_id: int,
+        trial: optuna.Trial,
+        reason: str,
+        details: str | None = None,
     ) -> None:
+        study, ledger = fleet_study.study, self.storage.ledger
         reason = redact(reason)[:2000]
-        study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-        study.tell(trial, state=TrialState.FAIL)
-        log.warning("trial %d failed: %s", trial.number, reason)
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+        if details:
+            storage.set_trial_system_attr(trial._trial_id, TRACEBACK_ATTR, redact(details)[-8000:])
+        attempt = int(storage.get_trial_system_attrs(trial._trial_id).get(ATTEMPT_ATTR, 1))
+        retry = attempt <= self.spec.retry_failed
+        if retry:
+            ledger.mark_requeue(claim_id)  # before the FAIL, so the study never looks done
+        self._tell(study, trial, state=TrialState.FAIL)
+        if retry:
+            requeue_trial(self.storage, fleet_study.study_id, claim_id, trial._trial_id)
+            log.warning(
+                "trial %d failed: %s; re-running it with the same parameters (retry %d of %d)",
+                trial.number,
+                reason,
+                attempt,
+                self.spec.retry_failed,
+            )
+        else:
+            log.warning("trial %d failed: %s", trial.number, reason)
         if details:
             log.debug("trial %d traceback:\n%s", trial.number, redact(details))
+        self._failed_in_a_row += 1
+        if self._failed_in_a_row in (5, 20, 100):
+            counts = self.storage.ledger.trial_counts(fleet_study.study_id)
+            if counts.get("COMPLETE", 0):
+                log.warning(
+                    "worker %s failed its last %d trials in a row while other trials complete: "
+                    "check this machine (memory, GPU, files, packages)",
+                    self.worker_id,
+                    self._failed_in_a_row,
+                )
+
+
+class _Heartbeat(threading.Thread):
+    """Beats the worker's heartbeat and takes over the trials of workers that stopped beating.
+
+    Reaping waits until this worker has itself been able to reach the database for a full grace
+    period: after an outage every worker's last beat is old, and without the wait the first
+    worker back would declare all the others lost before they had a chance to beat.
+    """
+
+    def __init__(self, worker: Worker, study_id: int) -> None:
+        super().__init__(name="tunefleet-heartbeat", daemon=True)
+        self.worker = worker
+        self.study_id = study_id
+        self._stopped = threading.Event()
+        self._healthy_since: float | None = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        spec = self.worker.spec
+        while not self._stopped.wait(spec.heartbeat_interval):
+            try:
+                self._beat()
+            except Exception as exc:  # the next beat tries again; the main loop reports outages
+                self._healthy_since = None
+                log.debug("heartbeat failed: %s", redact(str(exc)))
+
+    def _beat(self) -> None:
+        worker = self.worker
+        ledger = worker.storage.ledger
+        if not ledger.heartbeat(worker.worker_id):
+            log.warning(
+                "worker %s had been declared lost (no heartbeat for more than %gs); its "
+                "running trial was re-queued",
+                worker.worker_id,
+                worker.spec.grace_period,
+            )
+        now = time.monotonic()
+        if self._healthy_since is None:
+            self._healthy_since = now
+        if now - self._healthy_since < worker.spec.grace_period:
+            return
+        for claim in ledger.take_stale_claims(
+            self.study_id, worker.worker_id, worker.spec.grace_period
+        ):
+            if claim.trial_id is None:
+                ledger.release(claim.claim_id)
+                continue
+            reason = (
+                f"worker {claim.worker_id} stopped (no heartbeat for more than "
+                f"{worker.spec.grace_period:g}s)"
+            )
+            rerun = requeue_trial(
+                worker.storage, self.study_id, claim.claim_id, claim.trial_id, lost_reason=reason
+            )
+            if rerun is not None:
+                log.warning(
+                    "trial (id %d) lost with %s: re-queued with the same parameters",
+                    claim.trial_id,
+                    claim.worker_id,
+                )
 
 
 def _invalid_value(value: Any, n_objectives: int) -> str | None:

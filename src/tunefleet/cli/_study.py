@@ -16,11 +16,13 @@ from tunefleet._logging import setup_logging
 from tunefleet._redact import redact
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
 from tunefleet.errors import ConfigError, TunefleetError
+from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
 from tunefleet.objectives._base import cpu_count
 from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
-from tunefleet.study import default_study_name, open_study, resolve_directions
+from tunefleet.study import FleetStudy, default_study_name, open_study, resolve_directions
 from tunefleet.summary import summarize
+from tunefleet.worker import EXIT_DONE
 
 __all__ = ["build_spec", "run", "study_options", "worker"]
 
@@ -79,6 +81,30 @@ def study_options(func: F) -> F:
             help="Setting passed to the objective (repeatable).",
         ),
         click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON."),
+        click.option(
+            "--heartbeat-interval",
+            type=float,
+            metavar="SECONDS",
+            help="Seconds between a worker's heartbeats [5].",
+        ),
+        click.option(
+            "--grace-period",
+            type=float,
+            metavar="SECONDS",
+            help="Silence after which a worker is declared lost and its trial re-run [60].",
+        ),
+        click.option(
+            "--retry-failed",
+            type=int,
+            metavar="K",
+            help="Re-run a trial whose objective raised up to K times, same parameters [0].",
+        ),
+        click.option(
+            "--db-wait",
+            type=float,
+            metavar="SECONDS",
+            help="How long to wait for an unreachable database [60].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -113,7 +139,7 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
     objective = load_objective(spec.objective, spec.objective_args)
     directions, _ = resolve_directions(spec, objective)
     spec = spec.merged(study=spec.study or default_study_name(objective), directions=directions)
-    storage = open_storage(resolve_storage_url(spec.storage))
+    storage = open_storage(resolve_storage_url(spec.storage), db_wait=spec.db_wait)
     return spec, objective, storage
 
 
@@ -139,6 +165,16 @@ def _worker_args(spec: StudySpec, log_level: str) -> list[str]:
         args += ["--timeout", repr(spec.timeout)]
     if spec.seed is not None:
         args += ["--seed", str(spec.seed)]
+    args += [
+        "--heartbeat-interval",
+        repr(spec.heartbeat_interval),
+        "--grace-period",
+        repr(spec.grace_period),
+        "--retry-failed",
+        str(spec.retry_failed),
+        "--db-wait",
+        repr(spec.db_wait),
+    ]
     for key, value in spec.objective_args.items():
         args += ["--objective-arg", f"{key}={json.dumps(value)}"]
     return args
@@ -147,6 +183,11 @@ def _worker_args(spec: StudySpec, log_level: str) -> list[str]:
 @click.command()
 @study_options
 @click.option("--workers", type=int, help="Worker processes [number of CPUs].")
+@click.option(
+    "--max-restarts",
+    type=int,
+    help="Restarts of crashed workers, in all, before giving up [3 x workers].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show every worker's per-trial log lines.")
 def run(
     objective: str | None,
@@ -165,7 +206,6 @@ def run(
         tunefleet run sklearn-iris --n-trials 100 --workers 3
     """
     from tunefleet.display import FleetProgress, render_summary
-    from tunefleet.fleet import LocalFleet
 
     setup_logging(logging.INFO if verbose else logging.WARNING)
     spec = build_spec(objective, config_path, objective_args, directions, **flags)
@@ -176,8 +216,9 @@ def run(
     started = time.monotonic()
     n_workers = spec.workers or cpu_count()
 
-    def done(code: int) -> int:
+    def done(code: int, restarts: int = 0) -> int:
         summary = summarize(fleet_study, wall_s=time.monotonic() - started)
+        summary.restarts = restarts
         if as_json:
             out.print_json(json.dumps(summary.to_json()))
         else:
@@ -198,28 +239,71 @@ def run(
         on_output=show,
     )
     console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")
+    max_restarts = spec.max_restarts if spec.max_restarts is not None else 3 * n_workers
+    given_up: set[int] = set()
     with FleetProgress(console, fleet_study.name, spec.n_trials) as progress:
         fleet.start()
         try:
-            while fleet.running():
-                progress.update(summarize(fleet_study, with_best=True))
+            while fleet.running() or _restart_crashed(
+                fleet, fleet_study, max_restarts, given_up, console
+            ):
+                progress.update(summarize(fleet_study))
                 time.sleep(0.5)
+                _restart_crashed(fleet, fleet_study, max_restarts, given_up, console)
             progress.update(summarize(fleet_study))
         except KeyboardInterrupt:
             console.print("stopping workers (their running trials are handed back)...")
             fleet.stop()
-            done(130)
+            done(130, fleet.restarts)
             return 130
     codes = fleet.wait()
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
-    code = done(0 if not failed else 1)
-    if failed:
-        listing = ", ".join(f"w{i} exited {c}" for i, c in failed)
+    study_done = storage.ledger.budget(fleet_study.study_id).done
+    code = done(0 if study_done else 1, fleet.restarts)
+    if failed and not study_done:
+        listing = ", ".join(f"w{i} {describe_exit(c)}" for i, c in failed)
         raise TunefleetError(
-            f"{len(failed)} of {n_workers} workers failed ({listing}): "
-            "rerun with -v to see their logs"
+            f"the study is not done: {len(failed)} of {n_workers} workers failed ({listing}) "
+            f"after {fleet.restarts} restarts: rerun with -v to see their logs"
         )
     return code
+
+
+def _restart_crashed(
+    fleet: LocalFleet,
+    fleet_study: FleetStudy,
+    max_restarts: int,
+    given_up: set[int],
+    console: Console,
+) -> bool:
+    """Restart workers that exited before the study was done (like a Job's restartPolicy),
+    at most ``max_restarts`` times in all (like its backoffLimit). Returns whether any was."""
+    restarted = False
+    for index, code in enumerate(fleet.exit_codes()):
+        if code is None or code == EXIT_DONE or index in given_up:
+            continue
+        if (
+            code == TunefleetError.exit_code
+            or fleet_study.storage.ledger.budget(fleet_study.study_id).done
+        ):
+            given_up.add(index)  # bad input fails again; a done study needs no replacement
+            continue
+        if fleet.restarts >= max_restarts:
+            console.print(
+                f"[w{index}] {describe_exit(code)}; not restarted: "
+                f"{max_restarts} restarts used (--max-restarts)",
+                highlight=False,
+            )
+            given_up.add(index)
+            continue
+        fleet.restart(index)
+        restarted = True
+        console.print(
+            f"[w{index}] {describe_exit(code)}; restarted "
+            f"({fleet.restarts} of at most {max_restarts} restarts)",
+            highlight=False,
+        )
+    return restarted
 
 
 @click.command()

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
+import psycopg
 import sqlalchemy.exc
 from optuna.storages import BaseStorage, RDBStorage
 from sqlalchemy import create_engine, inspect, text
@@ -33,6 +34,7 @@ from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_pa
 from tunefleet.storage._errors import translate_db_error
 from tunefleet.storage._ledger import Budget, Ledger
 from tunefleet.storage._ledger import metadata as ledger_metadata
+from tunefleet.storage._retry import Retrier, RetryingStorage, is_transient
 from tunefleet.storage._url import (
     EMBEDDED_FILENAME,
     STORAGE_ENV_VARS,
@@ -47,7 +49,9 @@ __all__ = [
     "Budget",
     "FleetStorage",
     "Ledger",
+    "Retrier",
     "display_url",
+    "is_transient",
     "open_storage",
     "parse_storage_url",
     "resolve_storage_url",
@@ -56,6 +60,8 @@ __all__ = [
 # Any constant works as long as every tunefleet process uses the same one: it names the
 # transaction-scoped advisory lock that serialises schema creation ("tunefleet" in ASCII).
 _SCHEMA_LOCK_KEY = 0x74756E65666C6565 & 0x7FFFFFFFFFFFFFFF
+#: How long to wait for an unreachable database, at start and during outages, by default.
+DEFAULT_DB_WAIT_S = 60.0
 _OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
 
 
@@ -67,6 +73,7 @@ class FleetStorage:
     optuna: BaseStorage
     ledger: Ledger
     engine: Engine
+    retrier: Retrier
 
     @property
     def display_url(self) -> str:
@@ -82,23 +89,21 @@ class FleetStorage:
         self.engine.dispose()
 
 
-def open_storage(raw_url: str) -> FleetStorage:
+def open_storage(raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S) -> FleetStorage:
     """Open (and, on first use, initialise) the store at ``raw_url``.
 
     Safe to call from any number of processes at the same instant on an empty database: schema
-    creation is serialised by a lock (see :func:`_schema_lock`).
+    creation is serialised by a lock (see :func:`_schema_lock`). A database that cannot be reached
+    yet (a serverless compute waking up, a server restarting) is retried with backoff for up to
+    ``db_wait`` seconds; so is every later call through the returned storage.
 
     Raises:
         StorageError: the URL is malformed or the database cannot be reached or used.
     """
     url = parse_storage_url(raw_url)
+    retrier = Retrier(db_wait, display_url(url))
     try:
-        if not _schema_ready(url):
-            with _schema_lock(url):
-                storage = _rdb_storage(url, create_tables=True)
-                ledger_metadata.create_all(storage.engine)
-        else:
-            storage = _rdb_storage(url, create_tables=False)
+        storage = retrier.call(lambda: _open_rdb(url))
     except TunefleetError:
         raise
     except RuntimeError as exc:
@@ -108,12 +113,33 @@ def open_storage(raw_url: str) -> FleetStorage:
                 "run `optuna storage upgrade --storage URL`, or use a matching tunefleet"
             ) from exc
         raise translate_db_error(exc, url) from exc
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as exc:
-        raise translate_db_error(exc, url) from exc
+    except (
+        sqlalchemy.exc.SQLAlchemyError,
+        optuna.exceptions.StorageInternalError,
+        psycopg.Error,
+        OSError,
+    ) as exc:
+        error = translate_db_error(exc, url)
+        if db_wait > 0 and is_transient(exc):
+            error = StorageError(f"{error} (gave up after {db_wait:g}s; --db-wait sets how long)")
+        raise error from exc
     configure_engine(storage.engine)
     return FleetStorage(
-        url=url, optuna=storage, ledger=Ledger(storage.engine), engine=storage.engine
+        url=url,
+        optuna=RetryingStorage(storage, retrier),
+        ledger=Ledger(storage.engine, retrier),
+        engine=storage.engine,
+        retrier=retrier,
     )
+
+
+def _open_rdb(url: URL) -> RDBStorage:
+    if _schema_ready(url):
+        return _rdb_storage(url, create_tables=False)
+    with _schema_lock(url):
+        storage = _rdb_storage(url, create_tables=True)
+        ledger_metadata.create_all(storage.engine)
+        return storage
 
 
 def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:

@@ -21,7 +21,10 @@ SQLITE_BUSY_TIMEOUT_S = 120
 def engine_kwargs(url: URL) -> dict[str, Any]:
     """Keyword arguments for ``create_engine`` (passed through Optuna's ``RDBStorage``)."""
     if url.get_backend_name() == "postgresql":
-        connect_args: dict[str, Any] = {"application_name": "tunefleet"}
+        # prepare_threshold=None: no server-side prepared statements, which a transaction-mode
+        # pooler (PgBouncer before 1.21, Neon's -pooler endpoint) cannot route back to the
+        # server connection that prepared them.
+        connect_args: dict[str, Any] = {"application_name": "tunefleet", "prepare_threshold": None}
         if "connect_timeout" not in url.query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
         # A worker needs one connection at a time; the second covers the ledger while Optuna holds

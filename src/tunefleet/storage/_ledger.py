@@ -17,12 +17,20 @@ n_claimed < n_trials``, which the database serialises. A trial whose claim is re
 was interrupted or died) gives its slot back, so a re-run does not consume a second one. The study
 is done when every slot is claimed and no claimed trial is still running or waiting, or when its
 deadline has passed. Times are the database's clock, so workers with skewed clocks agree.
+
+Workers beat a heartbeat into their registry row. A claim whose worker stopped beating for longer
+than the grace period (or finished without closing it) is *stale*: another worker takes it over
+(:meth:`Ledger.take_stale_claims`), fails its trial as lost, queues a re-run with the same
+parameters and gives the slot back, so the re-run does not consume a second one.
 """
 
 from __future__ import annotations
 
+import functools
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from optuna.storages._rdb import models as optuna_models
 from optuna.trial import TrialState
@@ -35,7 +43,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    and_,
     func,
     insert,
     or_,
@@ -48,10 +55,33 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
-__all__ = ["Budget", "Ledger", "metadata"]
+__all__ = ["Budget", "Ledger", "StaleClaim", "metadata"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Run a ledger method through the ledger's retrier (transient failures are retried)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = args[0]
+        assert isinstance(self, Ledger)
+        if self._retrier is None:
+            return method(*args, **kwargs)
+        result: R = self._retrier.call(lambda: method(*args, **kwargs))
+        return result
+
+    return wrapper
+
 
 _studies = optuna_models.StudyModel.__table__
 _trials = optuna_models.TrialModel.__table__
+_trial_system_attrs = optuna_models.TrialSystemAttributeModel.__table__
+
+#: Trial system attribute on a re-run: the number of the trial it repeats.
+RETRY_OF_ATTR = "tunefleet:retry_of"
 
 metadata = MetaData()
 
@@ -87,6 +117,11 @@ fleet_claims = Table(
         unique=True,
     ),
     Column("claimed_at", Float, nullable=False),
+    # Set while the claim's trial is being failed and re-queued: the slot stays open (the study
+    # is not done) until the re-run is queued and the slot is given back.
+    Column("requeue", Integer, nullable=False, default=0),
+    # Chosen by the worker, so that a claim retried after a lost commit is found, not taken twice.
+    Column("token", String(32), nullable=False, unique=True),
     Index("ix_tunefleet_claims_study_id", "study_id"),
 )
 
@@ -160,16 +195,37 @@ class Budget:
         return None if self.deadline is None else max(0.0, self.deadline - self.now)
 
 
-class Ledger:
-    """Reads and writes the tunefleet tables. Every method is one short transaction."""
+@dataclass(frozen=True)
+class StaleClaim:
+    """A claim taken over from a worker that stopped: its slot and the trial it held, if any."""
 
-    def __init__(self, engine: Engine) -> None:
+    claim_id: int
+    trial_id: int | None
+    worker_id: str
+
+
+def _open_claim_condition() -> Any:
+    """A claim holds its slot open while its trial has not finished by the objective's hand."""
+    return or_(
+        fleet_claims.c.trial_id.is_(None),
+        fleet_claims.c.requeue == 1,
+        _trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]),
+    )
+
+
+class Ledger:
+    """Reads and writes the tunefleet tables. Every method is one short transaction, retried on
+    transient database failures when a retrier is given."""
+
+    def __init__(self, engine: Engine, retrier: Any = None) -> None:
         self._engine = engine
+        self._retrier = retrier
 
     def _insert(self, table: Table) -> Any:
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table)
 
+    @_retried
     def ensure_study(self, study_id: int, n_trials: int | None, timeout: float | None) -> Budget:
         """Create the study's row if missing; a given ``n_trials`` becomes the study's budget.
 
@@ -202,6 +258,7 @@ class Ledger:
                 )
             return self._budget(conn, study_id)
 
+    @_retried
     def budget(self, study_id: int) -> Budget:
         with self._engine.begin() as conn:
             return self._budget(conn, study_id)
@@ -220,41 +277,65 @@ class Ledger:
             .select_from(
                 fleet_claims.outerjoin(_trials, _trials.c.trial_id == fleet_claims.c.trial_id)
             )
-            .where(
-                fleet_claims.c.study_id == study_id,
-                or_(
-                    fleet_claims.c.trial_id.is_(None),
-                    _trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]),
-                ),
-            )
+            .where(fleet_claims.c.study_id == study_id, _open_claim_condition())
         ).scalar_one()
         return Budget(n_trials=row[0], n_claimed=row[1], n_open=n_open, deadline=row[2], now=row[3])
 
     def claim(self, study_id: int, worker_id: str) -> int | None:
         """Take one budget slot; return the claim's id, or None when no slot is free."""
-        with self._engine.begin() as conn:
-            taken = conn.execute(
-                update(fleet_studies)
-                .where(
-                    fleet_studies.c.study_id == study_id,
-                    or_(
-                        fleet_studies.c.n_trials.is_(None),
-                        fleet_studies.c.n_claimed < fleet_studies.c.n_trials,
-                    ),
-                    or_(fleet_studies.c.deadline.is_(None), fleet_studies.c.deadline > epoch_now()),
-                )
-                .values(n_claimed=fleet_studies.c.n_claimed + 1)
-                .returning(fleet_studies.c.n_claimed)
-            ).first()
-            if taken is None:
-                return None
-            claim_id: int = conn.execute(
-                insert(fleet_claims)
-                .values(study_id=study_id, worker_id=worker_id, claimed_at=epoch_now())
-                .returning(fleet_claims.c.claim_id)
-            ).scalar_one()
-            return claim_id
+        token = uuid.uuid4().hex
+        retried = False
 
+        def attempt() -> int | None:
+            with self._engine.begin() as conn:
+                if retried:
+                    # The previous attempt may have committed before its connection dropped.
+                    found = conn.execute(
+                        select(fleet_claims.c.claim_id).where(fleet_claims.c.token == token)
+                    ).scalar_one_or_none()
+                    if found is not None:
+                        return int(found)
+                taken = conn.execute(
+                    update(fleet_studies)
+                    .where(
+                        fleet_studies.c.study_id == study_id,
+                        or_(
+                            fleet_studies.c.n_trials.is_(None),
+                            fleet_studies.c.n_claimed < fleet_studies.c.n_trials,
+                        ),
+                        or_(
+                            fleet_studies.c.deadline.is_(None),
+                            fleet_studies.c.deadline > epoch_now(),
+                        ),
+                    )
+                    .values(n_claimed=fleet_studies.c.n_claimed + 1)
+                    .returning(fleet_studies.c.n_claimed)
+                ).first()
+                if taken is None:
+                    return None
+                claim_id: int = conn.execute(
+                    insert(fleet_claims)
+                    .values(
+                        study_id=study_id,
+                        worker_id=worker_id,
+                        claimed_at=epoch_now(),
+                        requeue=0,
+                        token=token,
+                    )
+                    .returning(fleet_claims.c.claim_id)
+                ).scalar_one()
+                return claim_id
+
+        def on_retry() -> None:
+            nonlocal retried
+            retried = True
+
+        if self._retrier is None:
+            return attempt()
+        result: int | None = self._retrier.call(attempt, on_retry=on_retry)
+        return result
+
+    @_retried
     def attach(self, claim_id: int, trial_id: int) -> None:
         """Record which trial a claimed slot became."""
         with self._engine.begin() as conn:
@@ -264,6 +345,23 @@ class Ledger:
                 .values(trial_id=trial_id)
             )
 
+    @_retried
+    def mark_requeue(self, claim_id: int) -> None:
+        """Keep the slot open while its trial is failed and re-queued (see :meth:`release`)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(fleet_claims).where(fleet_claims.c.claim_id == claim_id).values(requeue=1)
+            )
+
+    @_retried
+    def keep_claim(self, claim_id: int) -> None:
+        """Undo :meth:`mark_requeue`: the trial finished after all and keeps its slot."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(fleet_claims).where(fleet_claims.c.claim_id == claim_id).values(requeue=0)
+            )
+
+    @_retried
     def release(self, claim_id: int) -> None:
         """Give a slot back: its trial did not finish by the objective's hand and must not count."""
         with self._engine.begin() as conn:
@@ -279,9 +377,15 @@ class Ledger:
                     .values(n_claimed=fleet_studies.c.n_claimed - 1)
                 )
 
+    @_retried
     def register_worker(self, study_id: int, worker_id: str, host: str, pid: int) -> int:
         """Add a worker to the registry; return its ordinal in the study (0, 1, 2, ...)."""
         with self._engine.begin() as conn:
+            existing = conn.execute(
+                select(fleet_workers.c.ordinal).where(fleet_workers.c.worker_id == worker_id)
+            ).scalar_one_or_none()
+            if existing is not None:  # a retry after a lost commit
+                return int(existing)
             ordinal: int = (
                 conn.execute(
                     update(fleet_studies)
@@ -304,6 +408,20 @@ class Ledger:
             )
             return ordinal
 
+    def heartbeat(self, worker_id: str) -> bool:
+        """Record that the worker is alive. Returns False if it had been declared lost (it is
+        revived: a live worker in a long pause must be able to carry on). Not retried: a missed
+        beat is simply tried again at the next interval."""
+        with self._engine.begin() as conn:
+            was_lost = conn.execute(
+                update(fleet_workers)
+                .where(fleet_workers.c.worker_id == worker_id)
+                .values(heartbeat_at=epoch_now(), finished_at=None, exit_reason=None)
+                .returning(fleet_workers.c.exit_reason)
+            ).scalar_one_or_none()
+        return was_lost != "lost"
+
+    @_retried
     def worker_finished(self, worker_id: str, reason: str) -> None:
         with self._engine.begin() as conn:
             conn.execute(
@@ -312,6 +430,66 @@ class Ledger:
                 .values(finished_at=epoch_now(), heartbeat_at=epoch_now(), exit_reason=reason[:64])
             )
 
+    @_retried
+    def take_stale_claims(self, study_id: int, worker_id: str, grace: float) -> list[StaleClaim]:
+        """Take over the open claims of workers silent for more than ``grace`` seconds.
+
+        The claims become ``worker_id``'s, with ``requeue`` set, in one transaction: concurrent
+        callers each get different claims (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite
+        serialises writers), and should this worker die half-way, its own claims go stale in
+        turn and are taken over again.
+        """
+        with self._engine.begin() as conn:
+            now = conn.execute(select(epoch_now())).scalar_one()
+            conn.execute(
+                update(fleet_workers)
+                .where(
+                    fleet_workers.c.study_id == study_id,
+                    fleet_workers.c.finished_at.is_(None),
+                    fleet_workers.c.heartbeat_at < now - grace,
+                )
+                .values(finished_at=now, exit_reason="lost")
+            )
+            query = (
+                select(fleet_claims.c.claim_id, fleet_claims.c.trial_id, fleet_claims.c.worker_id)
+                .select_from(
+                    fleet_claims.join(
+                        fleet_workers, fleet_workers.c.worker_id == fleet_claims.c.worker_id
+                    ).outerjoin(_trials, _trials.c.trial_id == fleet_claims.c.trial_id)
+                )
+                .where(
+                    fleet_claims.c.study_id == study_id,
+                    fleet_claims.c.worker_id != worker_id,
+                    or_(
+                        fleet_workers.c.finished_at.is_not(None),
+                        fleet_workers.c.heartbeat_at < now - grace,
+                    ),
+                    _open_claim_condition(),
+                )
+            )
+            if self._engine.dialect.name == "postgresql":
+                query = query.with_for_update(of=fleet_claims, skip_locked=True)
+            stale = [StaleClaim(r[0], r[1], r[2]) for r in conn.execute(query).all()]
+            for claim in stale:
+                conn.execute(
+                    update(fleet_claims)
+                    .where(fleet_claims.c.claim_id == claim.claim_id)
+                    .values(worker_id=worker_id, requeue=1)
+                )
+            return stale
+
+    @_retried
+    def open_claims_of(self, worker_id: str) -> list[int]:
+        """Claims a worker holds that have no trial yet (taken, then interrupted)."""
+        with self._engine.begin() as conn:
+            rows = conn.execute(
+                select(fleet_claims.c.claim_id).where(
+                    fleet_claims.c.worker_id == worker_id, fleet_claims.c.trial_id.is_(None)
+                )
+            ).all()
+        return [r[0] for r in rows]
+
+    @_retried
     def trial_counts(self, study_id: int) -> dict[str, int]:
         """Number of the study's trials in each Optuna state (states with none are left out)."""
         with self._engine.begin() as conn:
@@ -322,12 +500,36 @@ class Ledger:
             ).all()
         return {state.name: count for state, count in rows}
 
-    def claimed_trial_ids(self, study_id: int) -> set[int]:
-        """Ids of the trials that hold a budget slot."""
+    @_retried
+    def count_trials_with_attr(self, study_id: int, key: str) -> int:
+        """How many of the study's trials carry the system attribute ``key``."""
+        with self._engine.begin() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(
+                        _trial_system_attrs.join(
+                            _trials, _trials.c.trial_id == _trial_system_attrs.c.trial_id
+                        )
+                    )
+                    .where(_trials.c.study_id == study_id, _trial_system_attrs.c.key == key)
+                ).scalar_one()
+            )
+
+    @_retried
+    def requeued_trial_numbers(self, study_id: int) -> set[int]:
+        """Numbers of the trials that already have a re-run queued (``tunefleet:retry_of``)."""
         with self._engine.begin() as conn:
             rows = conn.execute(
-                select(fleet_claims.c.trial_id).where(
-                    and_(fleet_claims.c.study_id == study_id, fleet_claims.c.trial_id.is_not(None))
+                select(_trial_system_attrs.c.value_json)
+                .select_from(
+                    _trial_system_attrs.join(
+                        _trials, _trials.c.trial_id == _trial_system_attrs.c.trial_id
+                    )
                 )
-            )
-            return {r[0] for r in rows}
+                .where(
+                    _trials.c.study_id == study_id,
+                    _trial_system_attrs.c.key == RETRY_OF_ATTR,
+                )
+            ).all()
+        return {int(r[0]) for r in rows}

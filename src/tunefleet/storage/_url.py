@@ -63,6 +63,9 @@ def parse_storage_url(raw: str) -> URL:
         shown = display_url(raw)
         raise StorageError(f"malformed storage URL '{shown}': {_EXPECTED}") from exc
     register_secret(url.password)
+    if url.password:
+        # The whole URL is a secret too: tracebacks and driver messages may quote it verbatim.
+        register_secret(raw)
 
     if url.drivername in _POSTGRES_DRIVERS:
         url = url.set(drivername="postgresql+psycopg")

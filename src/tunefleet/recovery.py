@@ -1,0 +1,76 @@
+"""Recovery: re-run a trial whose worker died, stopped, or (on request) whose objective failed.
+
+A lost trial is failed with the reason stored on it (system attribute ``tunefleet:lost``, so it
+is told apart from an objective's own failure), and a re-run with the same parameters is queued
+as an Optuna ``WAITING`` trial (``fixed_params``, as ``study.enqueue_trial`` does) that names the
+trial it repeats (``tunefleet:retry_of``). The lost trial's budget slot is given back only after
+the re-run is queued, so the study never looks done in between, and the re-run takes that slot:
+the exact budget holds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.trial import TrialState
+
+from tunefleet.storage import FleetStorage
+from tunefleet.storage._ledger import RETRY_OF_ATTR
+
+__all__ = ["ATTEMPT_ATTR", "LOST_ATTR", "RETRY_OF_ATTR", "TRACEBACK_ATTR", "requeue_trial"]
+
+log = logging.getLogger("tunefleet.recovery")
+
+#: Why a trial was lost (its worker died or was stopped); absent on an objective's own failures.
+LOST_ATTR = "tunefleet:lost"
+#: The formatted traceback of an objective's exception (redacted, truncated).
+TRACEBACK_ATTR = "tunefleet:traceback"
+#: Which attempt at these parameters a trial is (1 for the first), for ``--retry-failed``.
+ATTEMPT_ATTR = "tunefleet:attempt"
+
+
+def requeue_trial(
+    storage: FleetStorage,
+    study_id: int,
+    claim_id: int,
+    trial_id: int,
+    lost_reason: str | None = None,
+) -> int | None:
+    """Queue a re-run of ``trial_id`` and give its slot back; return the re-run's trial id.
+
+    With ``lost_reason``, the trial is first failed as lost, unless it finished meanwhile (its
+    worker was alive after all): then it keeps its slot and nothing is queued (returns None).
+    Without, the caller has already told the trial's failure (``--retry-failed``).
+    The caller must have marked the claim for requeueing (``Ledger.mark_requeue``).
+    """
+    optuna_storage = storage.optuna
+    trial = optuna_storage.get_trial(trial_id)
+    if lost_reason is not None:
+        if trial.state == TrialState.RUNNING:
+            try:
+                optuna_storage.set_trial_system_attr(trial_id, LOST_ATTR, lost_reason)
+                optuna_storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+            trial = optuna_storage.get_trial(trial_id)
+        if trial.state != TrialState.FAIL or LOST_ATTR not in trial.system_attrs:
+            storage.ledger.keep_claim(claim_id)
+            return None
+    rerun_id: int | None = None
+    if trial.number not in storage.ledger.requeued_trial_numbers(study_id):
+        attempt = int(trial.system_attrs.get(ATTEMPT_ATTR, 1))
+        if lost_reason is None:
+            attempt += 1  # a lost trial is not a failed attempt of its parameters
+        template = optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            system_attrs={
+                "fixed_params": trial.params,
+                RETRY_OF_ATTR: trial.number,
+                ATTEMPT_ATTR: attempt,
+            },
+            user_attrs=trial.user_attrs,
+        )
+        rerun_id = optuna_storage.create_new_trial(study_id, template_trial=template)
+    storage.ledger.release(claim_id)
+    return rerun_id
