@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.pgbouncer import PgBouncer, find_pgbouncer
 from tests.pgserver import ThrowawayPostgres, find_pg_bin
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -77,16 +78,42 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
             )
 
 
+def require(condition: bool, message: str) -> None:
+    """Skip when ``condition`` is false — but fail under CI, where nothing may be skipped."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_admin_url: str) -> Iterator[PgBouncer]:
+    """A transaction-mode PgBouncer in front of the test server (like Neon's -pooler)."""
+    require(find_pgbouncer() is not None, "pgbouncer not installed: apt-get install pgbouncer")
+    bouncer = PgBouncer(pg_admin_url).start()
+    yield bouncer
+    bouncer.close()
+
+
+@pytest.fixture
+def pgbouncer_url(pg_url: str, pgbouncer: PgBouncer) -> str:
+    """The test's own database, reached through PgBouncer in transaction mode."""
+    return pgbouncer.url(pg_url.rpartition("/")[2])
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'tunefleet.db'}"
 
 
-@pytest.fixture(params=["embedded", "postgres"])
+@pytest.fixture(params=["embedded", "postgres", "pgbouncer"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test using this runs once on the embedded store and once on PostgreSQL."""
+    """Each test using this runs on the embedded store, on PostgreSQL, and on PostgreSQL
+    through a transaction-mode PgBouncer."""
     if request.param == "embedded":
         return f"sqlite:///{tmp_path / 'tunefleet.db'}"
+    if request.param == "pgbouncer":
+        return str(request.getfixturevalue("pgbouncer_url"))
     return str(request.getfixturevalue("pg_url"))
 
 

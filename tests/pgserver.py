@@ -44,7 +44,8 @@ class ThrowawayPostgres:
     refuses to run as root, so as root the server runs as the ``postgres`` system user.
     """
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, ssl: bool = False) -> None:
+        self.ssl = ssl
         bin_dir = find_pg_bin()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
@@ -74,8 +75,46 @@ class ThrowawayPostgres:
         self._run(
             str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--no-sync", *auth
         )
+        if self.ssl:
+            self._make_certificate()
         self.resume()
         return self
+
+    def _make_certificate(self) -> None:
+        """A self-signed server certificate; ``self.ca`` is what a client must trust."""
+        key, cert = self.data / "server.key", self.data / "server.crt"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.ca = self.root / "ca.crt"
+        shutil.copy(cert, self.ca)
+        os.chmod(key, 0o600)
+        if self._as_user:
+            user = pwd.getpwnam("postgres")
+            for path in (key, cert):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
 
     def resume(self) -> None:
         """Start (or restart after :meth:`stop`) the server and wait until it accepts."""

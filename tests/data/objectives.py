@@ -73,3 +73,44 @@ def two_required(trial: optuna.Trial, other: int) -> float:
 
 
 NOT_A_FUNCTION = 3
+
+
+def sleepy(trial: optuna.Trial) -> float:
+    """Sleeps $SLEEP_S (default 0.3 s); records what it computed in $RECORD_FILE if set."""
+    import time
+
+    x = trial.suggest_float("x", 0, 1)
+    y = trial.suggest_int("y", 0, 100)
+    time.sleep(float(os.environ.get("SLEEP_S", "0.3")))
+    value = x * 10 + y
+    if "RECORD_FILE" in os.environ:
+        with Path(os.environ["RECORD_FILE"]).open("a") as f:
+            f.write(f"{trial.number} {value!r} {os.getpid()}\n")
+    return value
+
+
+def stubborn(trial: optuna.Trial) -> float:
+    """Swallows the first stop signal, like a long call into C code that cannot be interrupted."""
+    import time
+
+    trial.suggest_float("x", 0, 1)
+    try:
+        time.sleep(60)
+    except BaseException:
+        time.sleep(60)
+    return 0.0
+
+
+def fails_first_attempt(trial: optuna.Trial) -> float:
+    """Fails the first time it sees a parameter value, succeeds when re-run with the same one."""
+    x = trial.suggest_float("x", 0, 1)
+    marker = Path(os.environ["MARKER_DIR"]) / repr(x)
+    if not marker.exists():
+        marker.write_text("seen")
+        raise RuntimeError(f"first attempt at x={x!r}")
+    return x
+
+
+def always_fails(trial: optuna.Trial) -> float:
+    trial.suggest_float("x", 0, 1)
+    raise KeyError("never works")
