@@ -57,7 +57,10 @@ class PgBouncer:
             "auth_type = trust\n"
             f"auth_file = {self.root / 'users.txt'}\n"
             "pool_mode = transaction\n"
-            "max_client_conn = 500\ndefault_pool_size = 20\n"
+            # Each test has its own database, hence its own pool: keep pools small and let idle
+            # server connections go quickly, or they add up past the server's max_connections.
+            "max_client_conn = 500\ndefault_pool_size = 4\nmax_db_connections = 6\n"
+            "server_idle_timeout = 2\nserver_lifetime = 60\n"
             "server_reset_query =\n"
             "ignore_startup_parameters = extra_float_digits,options\n"
         )
@@ -68,14 +71,17 @@ class PgBouncer:
             for child in self.root.iterdir():
                 shutil.chown(child, user.pw_uid, user.pw_gid)
             command = ["runuser", "-u", "postgres", "--", *command]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its log goes to a file: a pipe nobody reads fills up and stalls PgBouncer.
+        self.log = (self.root / "pgbouncer.log").open("wb")
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+                log = (self.root / "pgbouncer.log").read_text(errors="replace")
+                raise RuntimeError(f"pgbouncer exited: {log}")
             time.sleep(0.05)
         raise TimeoutError("pgbouncer did not start")
 
@@ -89,4 +95,6 @@ class PgBouncer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if hasattr(self, "log"):
+            self.log.close()
         shutil.rmtree(self.root, ignore_errors=True)

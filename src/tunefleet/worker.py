@@ -43,8 +43,6 @@ EXIT_INTERRUPTED = 75
 
 #: Trial system attribute holding why a trial failed (the name Optuna 2 used for the same).
 FAIL_REASON_ATTR = "fail_reason"
-#: Trial system attribute naming the worker that ran the trial.
-WORKER_ATTR = "tunefleet:worker"
 
 _POLL_MIN_S, _POLL_MAX_S = 0.2, 2.0
 
@@ -138,8 +136,8 @@ class Worker:
         poll = _POLL_MIN_S
         while True:
             self._stop.check()
-            claim_id = ledger.claim(fleet_study.study_id, self.worker_id)
-            if claim_id is None:
+            taken = self.storage.ask_trial(fleet_study.study, self.worker_id)
+            if taken is None:
                 # Every slot is taken; wait for the study to finish, or for a slot to come back
                 # (a lost trial re-queued by the heartbeat thread of this or another worker).
                 budget = ledger.budget(fleet_study.study_id)
@@ -150,7 +148,7 @@ class Worker:
                 continue
             poll = _POLL_MIN_S
             try:
-                self._run_one(fleet_study, claim_id)
+                self._run_one(fleet_study, *taken)
             except optuna.exceptions.UpdateFinishedTrialError as exc:
                 # The trial was declared lost while this worker was unresponsive (a long pause)
                 # and already runs again elsewhere: drop this attempt, do not crash.
@@ -163,17 +161,10 @@ class Worker:
         budget = self.storage.ledger.budget(fleet_study.study_id)
         return "deadline" if budget.deadline_passed and not budget.budget_spent else "budget"
 
-    def _run_one(self, fleet_study: FleetStudy, claim_id: int) -> None:
+    def _run_one(self, fleet_study: FleetStudy, claim_id: int, trial: optuna.Trial) -> None:
         study, ledger = fleet_study.study, self.storage.ledger
-        try:
-            trial = study.ask()
-        except BaseException:
-            ledger.release(claim_id)
-            raise
-        ledger.attach(claim_id, trial._trial_id)
         self.n_trials += 1
         started = time.perf_counter()
-        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, self.worker_id)
         try:
             with self._stop.interruptible():
                 value = self.objective(trial)

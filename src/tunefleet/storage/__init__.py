@@ -24,17 +24,21 @@ from dataclasses import dataclass
 import optuna
 import psycopg
 import sqlalchemy.exc
+from optuna import Study, Trial
 from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import TrialState
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from tunefleet.errors import StorageError, TunefleetError
 from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
 from tunefleet.storage._errors import translate_db_error
-from tunefleet.storage._ledger import Budget, Ledger
+from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
+from tunefleet.storage._ledger import CLAIM_ATTR, Budget, Ledger
 from tunefleet.storage._ledger import metadata as ledger_metadata
 from tunefleet.storage._retry import Retrier, RetryingStorage, is_transient
+from tunefleet.storage._schema import create_schema
 from tunefleet.storage._url import (
     EMBEDDED_FILENAME,
     STORAGE_ENV_VARS,
@@ -45,7 +49,9 @@ from tunefleet.storage._url import (
 
 __all__ = [
     "EMBEDDED_FILENAME",
+    "ENGINES",
     "STORAGE_ENV_VARS",
+    "WORKER_ATTR",
     "Budget",
     "FleetStorage",
     "Ledger",
@@ -60,6 +66,8 @@ __all__ = [
 # Any constant works as long as every tunefleet process uses the same one: it names the
 # transaction-scoped advisory lock that serialises schema creation ("tunefleet" in ASCII).
 _SCHEMA_LOCK_KEY = 0x74756E65666C6565 & 0x7FFFFFFFFFFFFFFF
+#: Optuna storages for PostgreSQL: the fast path, Optuna's own, or the default for the URL.
+ENGINES = ("auto", "fast", "stock")
 #: How long to wait for an unreachable database, at start and during outages, by default.
 DEFAULT_DB_WAIT_S = 60.0
 _OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
@@ -85,17 +93,66 @@ class FleetStorage:
         """The URL with its password, for handing to worker processes through the environment."""
         return self.url.render_as_string(hide_password=False)
 
+    @property
+    def engine_name(self) -> str:
+        return "fast" if isinstance(self.optuna, FastPostgresStorage) else "stock"
+
+    def ask_trial(self, study: Study, worker_id: str) -> tuple[int, Trial] | None:
+        """Claim a budget slot and start a trial in it; None when no slot is free.
+
+        Returns the claim's id and the trial, tagged with ``tunefleet:worker``. On the fast path
+        this is one round trip; on the stock path, a claim (which also starts a queued re-run),
+        then the trial's creation and its link to the claim.
+        """
+        study_id = study._study_id
+        if isinstance(self.optuna, FastPostgresStorage):
+            asked = self.optuna.ask(study_id, worker_id)
+            if asked is None:
+                return None
+            study._thread_local.cached_all_trials = None  # what study.ask() does first
+            return asked[0], Trial(study, asked[1])
+        taken = self.ledger.claim(study_id, worker_id)
+        if taken is None:
+            return None
+        claim_id, popped = taken
+        if popped is not None:
+            trial_id = popped
+            self.optuna.set_trial_system_attr(trial_id, WORKER_ATTR, worker_id)
+        else:
+            # Created with its claim's id on it, in one transaction: should this worker die
+            # before the link below, the trial can still be found and re-run.
+            template = optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                system_attrs={WORKER_ATTR: worker_id, CLAIM_ATTR: claim_id},
+            )
+            try:
+                trial_id = self.optuna.create_new_trial(study_id, template_trial=template)
+            except BaseException:
+                self.ledger.release(claim_id)
+                raise
+            self.ledger.attach(claim_id, trial_id)
+        study._thread_local.cached_all_trials = None  # what study.ask() does first
+        return claim_id, Trial(study, trial_id)
+
     def close(self) -> None:
+        if isinstance(self.optuna, FastPostgresStorage):
+            self.optuna.close()
         self.engine.dispose()
 
 
-def open_storage(raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S) -> FleetStorage:
+def open_storage(
+    raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S, engine: str = "auto"
+) -> FleetStorage:
     """Open (and, on first use, initialise) the store at ``raw_url``.
 
     Safe to call from any number of processes at the same instant on an empty database: schema
     creation is serialised by a lock (see :func:`_schema_lock`). A database that cannot be reached
     yet (a serverless compute waking up, a server restarting) is retried with backoff for up to
     ``db_wait`` seconds; so is every later call through the returned storage.
+
+    ``engine`` picks the Optuna storage on PostgreSQL: ``fast`` (the default there, see
+    :mod:`tunefleet.storage._fast`) or ``stock`` (Optuna's ``RDBStorage`` as is). The embedded
+    store always uses the stock one.
 
     Raises:
         StorageError: the URL is malformed or the database cannot be reached or used.
@@ -124,9 +181,14 @@ def open_storage(raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S) -> FleetStora
             error = StorageError(f"{error} (gave up after {db_wait:g}s; --db-wait sets how long)")
         raise error from exc
     configure_engine(storage.engine)
+    if engine not in ENGINES:
+        raise StorageError(f"unknown --storage-engine '{engine}': use {', '.join(ENGINES)}")
+    optuna_storage: BaseStorage = RetryingStorage(storage, retrier)
+    if url.get_backend_name() == "postgresql" and engine in ("auto", "fast"):
+        optuna_storage = FastPostgresStorage(optuna_storage, storage.engine, retrier)
     return FleetStorage(
         url=url,
-        optuna=RetryingStorage(storage, retrier),
+        optuna=optuna_storage,
         ledger=Ledger(storage.engine, retrier),
         engine=storage.engine,
         retrier=retrier,
@@ -134,12 +196,10 @@ def open_storage(raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S) -> FleetStora
 
 
 def _open_rdb(url: URL) -> RDBStorage:
-    if _schema_ready(url):
-        return _rdb_storage(url, create_tables=False)
-    with _schema_lock(url):
-        storage = _rdb_storage(url, create_tables=True)
-        ledger_metadata.create_all(storage.engine)
-        return storage
+    if not _schema_ready(url):
+        with _schema_lock(url) as conn:
+            create_schema(conn)
+    return _rdb_storage(url, create_tables=False)
 
 
 def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
@@ -169,28 +229,28 @@ def _probe_kwargs(url: URL) -> dict[str, object]:
 
 
 @contextmanager
-def _schema_lock(url: URL) -> Iterator[None]:
-    """Hold a lock that only one initialising process can hold at a time.
+def _schema_lock(url: URL) -> Iterator[Connection]:
+    """A transaction that only one initialising process can be in at a time.
 
     PostgreSQL: a transaction-scoped advisory lock, which a transaction-mode pooler (PgBouncer,
     Neon's -pooler endpoint) keeps on one server connection for the life of the transaction;
-    session advisory locks would leak across pooled clients. The tables are created by other
-    connections while this transaction holds the lock. SQLite: an exclusive ``flock`` on the
-    database file, independent of SQLite's own byte-range locks.
+    session advisory locks would leak across pooled clients. SQLite: an exclusive ``flock`` on the
+    database file, independent of SQLite's own byte-range locks. The schema is created on the
+    connection this yields, inside the locked transaction.
     """
-    if url.get_backend_name() == "sqlite":
-        path = sqlite_path(url)
-        with open(path, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
     engine = create_engine(url, poolclass=NullPool, **_probe_kwargs(url))
     try:
+        if url.get_backend_name() == "sqlite":
+            with open(sqlite_path(url), "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    with engine.begin() as conn:
+                        yield conn
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
         with engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            yield
+            yield conn
     finally:
         engine.dispose()

@@ -26,7 +26,9 @@ parameters and gives the slot back, so the re-run does not consume a second one.
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +84,14 @@ _trial_system_attrs = optuna_models.TrialSystemAttributeModel.__table__
 
 #: Trial system attribute on a re-run: the number of the trial it repeats.
 RETRY_OF_ATTR = "tunefleet:retry_of"
+#: Trial system attribute set when a trial is created: the claim (budget slot) it belongs to.
+CLAIM_ATTR = "tunefleet:claim"
+
+
+def _utcnow() -> datetime.datetime:
+    """Naive UTC, as Optuna's RDBStorage stores trial datetimes."""
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
 
 metadata = MetaData()
 
@@ -281,20 +291,28 @@ class Ledger:
         ).scalar_one()
         return Budget(n_trials=row[0], n_claimed=row[1], n_open=n_open, deadline=row[2], now=row[3])
 
-    def claim(self, study_id: int, worker_id: str) -> int | None:
-        """Take one budget slot; return the claim's id, or None when no slot is free."""
+    def claim(self, study_id: int, worker_id: str) -> tuple[int, int | None] | None:
+        """Take one budget slot; None when no slot is free.
+
+        In the same transaction, the oldest queued (``WAITING``) trial of the study, if any, is
+        started (``RUNNING``) and linked to the slot, so a queued re-run cannot be orphaned by a
+        crash between taking it and recording who has it. Returns ``(claim_id, trial_id)``, with
+        ``trial_id`` None when nothing was queued and the caller must create the trial.
+        """
         token = uuid.uuid4().hex
         retried = False
 
-        def attempt() -> int | None:
+        def attempt() -> tuple[int, int | None] | None:
             with self._engine.begin() as conn:
                 if retried:
                     # The previous attempt may have committed before its connection dropped.
                     found = conn.execute(
-                        select(fleet_claims.c.claim_id).where(fleet_claims.c.token == token)
-                    ).scalar_one_or_none()
+                        select(fleet_claims.c.claim_id, fleet_claims.c.trial_id).where(
+                            fleet_claims.c.token == token
+                        )
+                    ).first()
                     if found is not None:
-                        return int(found)
+                        return int(found[0]), found[1]
                 taken = conn.execute(
                     update(fleet_studies)
                     .where(
@@ -313,18 +331,33 @@ class Ledger:
                 ).first()
                 if taken is None:
                     return None
+                waiting = (
+                    select(_trials.c.trial_id)
+                    .where(_trials.c.study_id == study_id, _trials.c.state == TrialState.WAITING)
+                    .order_by(_trials.c.number)
+                    .limit(1)
+                )
+                if self._engine.dialect.name == "postgresql":
+                    waiting = waiting.with_for_update(skip_locked=True)
+                trial_id = conn.execute(
+                    update(_trials)
+                    .where(_trials.c.trial_id == waiting.scalar_subquery())
+                    .values(state=TrialState.RUNNING, datetime_start=_utcnow())
+                    .returning(_trials.c.trial_id)
+                ).scalar_one_or_none()
                 claim_id: int = conn.execute(
                     insert(fleet_claims)
                     .values(
                         study_id=study_id,
                         worker_id=worker_id,
+                        trial_id=trial_id,
                         claimed_at=epoch_now(),
                         requeue=0,
                         token=token,
                     )
                     .returning(fleet_claims.c.claim_id)
                 ).scalar_one()
-                return claim_id
+                return claim_id, trial_id
 
         def on_retry() -> None:
             nonlocal retried
@@ -332,7 +365,7 @@ class Ledger:
 
         if self._retrier is None:
             return attempt()
-        result: int | None = self._retrier.call(attempt, on_retry=on_retry)
+        result: tuple[int, int | None] | None = self._retrier.call(attempt, on_retry=on_retry)
         return result
 
     @_retried
@@ -470,6 +503,23 @@ class Ledger:
             if self._engine.dialect.name == "postgresql":
                 query = query.with_for_update(of=fleet_claims, skip_locked=True)
             stale = [StaleClaim(r[0], r[1], r[2]) for r in conn.execute(query).all()]
+            # A worker that died between creating its trial and linking it left the link on
+            # the trial (tunefleet:claim): follow it, or the trial would stay RUNNING forever.
+            for i, claim in enumerate(stale):
+                if claim.trial_id is None:
+                    trial_id = conn.execute(
+                        select(_trial_system_attrs.c.trial_id).where(
+                            _trial_system_attrs.c.key == CLAIM_ATTR,
+                            _trial_system_attrs.c.value_json == json.dumps(claim.claim_id),
+                        )
+                    ).scalar_one_or_none()
+                    if trial_id is not None:
+                        stale[i] = StaleClaim(claim.claim_id, trial_id, claim.worker_id)
+                        conn.execute(
+                            update(fleet_claims)
+                            .where(fleet_claims.c.claim_id == claim.claim_id)
+                            .values(trial_id=trial_id)
+                        )
             for claim in stale:
                 conn.execute(
                     update(fleet_claims)

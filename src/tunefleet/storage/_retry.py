@@ -143,7 +143,7 @@ class Retrier:
         return {"wait": self.wait, "describe": self.describe}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["wait"], state["describe"])  # type: ignore[misc]
+        Retrier.__init__(self, state["wait"], state["describe"])
 
     @property
     def in_outage(self) -> bool:

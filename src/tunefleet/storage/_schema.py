@@ -1,0 +1,52 @@
+"""Create the schema — Optuna's tables with their version records, and tunefleet's — on one
+connection, inside the transaction that holds the schema lock.
+
+Everything happens on the lock's own connection: behind a pooler with a small pool, a lock holder
+that needed a second connection could wait forever behind processes that hold the others while
+they wait for the lock. What is created is exactly what ``RDBStorage`` would create, so stock
+Optuna finds a storage it made itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+import optuna
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from optuna.storages._rdb import models as optuna_models
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from tunefleet.storage._ledger import metadata as ledger_metadata
+
+__all__ = ["create_schema"]
+
+
+def create_schema(conn: Connection) -> None:
+    optuna_models.BaseModel.metadata.create_all(conn)
+    ledger_metadata.create_all(conn)
+    version_info = optuna_models.VersionInfoModel.__table__
+    if conn.execute(select(version_info.c.version_info_id)).first() is None:
+        conn.execute(
+            insert(version_info).values(
+                version_info_id=1,
+                schema_version=optuna_models.SCHEMA_VERSION,
+                library_version=optuna.__version__,
+            )
+        )
+    context = MigrationContext.configure(conn)
+    if context.get_current_revision() is None:
+        script = _optuna_alembic_script()
+        head = script.get_current_head()
+        assert head is not None
+        context.stamp(script, head)
+
+
+def _optuna_alembic_script() -> ScriptDirectory:
+    """Optuna's own migration scripts, as ``RDBStorage`` finds them."""
+    directory = os.path.dirname(optuna_models.__file__)
+    config = Config(os.path.join(directory, "alembic.ini"))
+    config.set_main_option("script_location", os.path.join(directory, "alembic").replace("%", "%%"))
+    return ScriptDirectory.from_config(config)
