@@ -70,6 +70,7 @@ class StudySpec:
     retry_failed: int = 0
     db_wait: float = 60.0
     max_restarts: int | None = None
+    storage_engine: str = "auto"
 
     def merged(self, **overrides: Any) -> StudySpec:
         """A copy with every override that is not None (or empty) applied, then validated."""
@@ -107,6 +108,8 @@ class StudySpec:
             raise bad("db_wait", f"must be 0 or more seconds, got {self.db_wait}")
         if self.max_restarts is not None and self.max_restarts < 0:
             raise bad("max_restarts", f"must be 0 or more, got {self.max_restarts}")
+        if self.storage_engine not in ("auto", "fast", "stock"):
+            raise bad("storage_engine", f"'{self.storage_engine}' is not one of auto, fast, stock")
         if self.workers is not None and self.workers <= 0:
             raise bad("workers", f"must be at least 1, got {self.workers}")
         for d in self.directions:
@@ -144,6 +147,7 @@ _FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "retry_failed": ((int,), "a number of retries"),
     "db_wait": ((int, float), "a number of seconds"),
     "max_restarts": ((int,), "a number of restarts"),
+    "storage_engine": ((str,), "one of auto, fast, stock"),
 }
 
 

@@ -100,6 +100,11 @@ def study_options(func: F) -> F:
             help="Re-run a trial whose objective raised up to K times, same parameters [0].",
         ),
         click.option(
+            "--storage-engine",
+            type=click.Choice(["auto", "fast", "stock"]),
+            help="On PostgreSQL: tunefleet's fast path or Optuna's RDBStorage as is [auto: fast].",
+        ),
+        click.option(
             "--db-wait",
             type=float,
             metavar="SECONDS",
@@ -139,7 +144,9 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
     objective = load_objective(spec.objective, spec.objective_args)
     directions, _ = resolve_directions(spec, objective)
     spec = spec.merged(study=spec.study or default_study_name(objective), directions=directions)
-    storage = open_storage(resolve_storage_url(spec.storage), db_wait=spec.db_wait)
+    storage = open_storage(
+        resolve_storage_url(spec.storage), db_wait=spec.db_wait, engine=spec.storage_engine
+    )
     return spec, objective, storage
 
 
@@ -174,6 +181,8 @@ def _worker_args(spec: StudySpec, log_level: str) -> list[str]:
         str(spec.retry_failed),
         "--db-wait",
         repr(spec.db_wait),
+        "--storage-engine",
+        spec.storage_engine,
     ]
     for key, value in spec.objective_args.items():
         args += ["--objective-arg", f"{key}={json.dumps(value)}"]
