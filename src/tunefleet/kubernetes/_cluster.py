@@ -98,7 +98,13 @@ def _import_lightkube() -> Any:
 
 
 class _LightkubeCluster:
-    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    def __init__(
+        self,
+        kubeconfig: str | None,
+        context: str | None,
+        namespace: str | None,
+        transport: Any = None,  # an httpx2 transport: tests put a fake API server here
+    ) -> None:
         lk = _import_lightkube()
         import httpx2
         from lightkube.resources.batch_v1 import Job
@@ -131,6 +137,7 @@ class _LightkubeCluster:
                 namespace=self._namespace,
                 field_manager=FIELD_MANAGER,
                 timeout=httpx2.Timeout(15.0),
+                transport=transport,
             )
         except (lk.ConfigError, AssertionError, OSError) as exc:
             raise ClusterError(
