@@ -19,6 +19,9 @@ from tunefleet.config import StudySpec
 from tunefleet.kubernetes import ClusterError, FleetOptions, job_manifest
 from tunefleet.kubernetes._cluster import _LightkubeCluster
 from tunefleet.kubernetes._fleet import stream_logs
+from tunefleet.objectives import load_objective
+from tunefleet.storage import open_storage
+from tunefleet.study import open_study
 
 from .conftest import DATA, tunefleet
 from .k8s_fake import FakeCluster
@@ -270,6 +273,41 @@ def test_status_shows_the_pods_when_the_database_is_out_of_reach(
     assert "tunefleet-iris-aaaaa" in out and "gpu-node-7" in out and "Running" in out
     assert "the pods above are what the cluster says" in " ".join(out.split())
     _no_password_anywhere(cluster, out, err)
+
+
+@pytest.mark.postgres
+def test_status_falls_back_to_this_machines_url_when_the_pods_url_is_out_of_reach(
+    cluster: FakeCluster,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    pg_url: str,
+) -> None:
+    # The pods reach the database by an address this machine cannot (here: a closed port).
+    _fleet(cluster, f"postgresql://tuner:{PASSWORD}@127.0.0.1:1/tuning")
+    storage = open_storage(pg_url)
+    objective = load_objective(f"{DATA / 'objectives.py'}:quadratic")
+    open_study(storage, StudySpec(study="iris", n_trials=5), objective)
+    storage.close()
+    monkeypatch.setenv("TUNEFLEET_STORAGE", pg_url)
+    code, out, _ = run_cli(capsys, "k8s", "status", "--json")
+    assert code == 0
+    status = json.loads(out)
+    assert status["study"]["budget"] == 5 and status["study"]["n_trials"] == 0
+    assert status["note"] is None
+
+
+def test_status_ignores_a_local_embedded_store(
+    cluster: FakeCluster,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    _fleet(cluster, URL)
+    cluster.refuse[("get", "Secret")] = "forbidden (403)"
+    monkeypatch.setenv("TUNEFLEET_STORAGE", f"sqlite:///{tmp_path / 'local.db'}")
+    code, out, _ = run_cli(capsys, "k8s", "status", "--json")
+    assert code == 0 and json.loads(out)["study"] is None
+    assert not (tmp_path / "local.db").exists()
 
 
 def test_status_without_access_to_the_secret_still_shows_the_pods(

@@ -303,7 +303,7 @@ def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -
 @click.option(
     "--env-file",
     type=click.Path(dir_okay=False),
-    help="A .env with a storage URL reachable from here [environment, else the pods' Secret].",
+    help="A .env with a storage URL reachable from here [the pods' Secret, then the environment].",
 )
 @click.option("--watch", is_flag=True, help="Refresh until the Job has finished.")
 @click.option(
@@ -329,41 +329,43 @@ def status(
     """
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
     job = fleet.find_job(cluster, study)
-    url, _ = fleet.pod_storage_url(env_file, None)
-    url = url or fleet.storage_from_secret(cluster, job)
+    urls = fleet.progress_urls(cluster, job, env_file)
     if as_json:
-        click.echo(json.dumps(_status_json(cluster, job, url), indent=2))
+        click.echo(json.dumps(_status_json(cluster, job, urls), indent=2))
         return 0
     console = Console(highlight=False)
     if not watch:
-        console.print(_status_view(cluster, job, url))
+        console.print(_status_view(cluster, job, urls))
         return 0
-    with Live(_status_view(cluster, job, url), console=console, auto_refresh=False) as live:
+    with Live(_status_view(cluster, job, urls), console=console, auto_refresh=False) as live:
         while fleet.job_state(job)[0] not in ("Complete", "Failed"):
             time.sleep(interval)
             refreshed = cluster.get("Job", job["metadata"]["name"])
             if refreshed is None:
                 break
             job = refreshed
-            live.update(_status_view(cluster, job, url), refresh=True)
+            live.update(_status_view(cluster, job, urls), refresh=True)
     return 0
 
 
-def _progress(url: str | None, study: str) -> tuple[StudySummary | None, str]:
-    if url is None:
+def _progress(urls: list[str], study: str) -> tuple[StudySummary | None, str]:
+    if not urls:
         return None, (
             "no storage URL here and the pods' Secret is unreadable: pass --env-file or set "
             "TUNEFLEET_STORAGE to see the study's progress"
         )
-    try:
-        return fleet.study_progress(url, study), ""
-    except TunefleetError as exc:
-        return None, f"{exc} (the pods above are what the cluster says)"
+    problem = ""
+    for url in urls:
+        try:
+            return fleet.study_progress(url, study), ""
+        except TunefleetError as exc:
+            problem = problem or str(exc)
+    return None, f"{problem} (the pods above are what the cluster says)"
 
 
-def _status_json(cluster: k8s_api.Cluster, job: dict[str, Any], url: str | None) -> dict[str, Any]:
+def _status_json(cluster: k8s_api.Cluster, job: dict[str, Any], urls: list[str]) -> dict[str, Any]:
     state, message = fleet.job_state(job)
-    summary, note = _progress(url, fleet.study_of(job))
+    summary, note = _progress(urls, fleet.study_of(job))
     status = job.get("status", {})
     return {
         "job": {
@@ -382,7 +384,7 @@ def _status_json(cluster: k8s_api.Cluster, job: dict[str, Any], url: str | None)
     }
 
 
-def _status_view(cluster: k8s_api.Cluster, job: dict[str, Any], url: str | None) -> RenderableType:
+def _status_view(cluster: k8s_api.Cluster, job: dict[str, Any], urls: list[str]) -> RenderableType:
     state, message = fleet.job_state(job)
     status = job.get("status", {})
     study = fleet.study_of(job)
@@ -408,7 +410,7 @@ def _status_view(cluster: k8s_api.Cluster, job: dict[str, Any], url: str | None)
     if not rows:
         pods.add_row("(no pods yet)", "", "", "", "", "")
 
-    summary, note = _progress(url, study)
+    summary, note = _progress(urls, study)
     progress = Table.grid(padding=(0, 2))
     progress.add_column(style="bold")
     progress.add_column()

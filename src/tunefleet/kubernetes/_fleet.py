@@ -42,6 +42,7 @@ __all__ = [
     "job_state",
     "pod_rows",
     "pod_storage_url",
+    "progress_urls",
     "read_env_file",
     "storage_from_secret",
     "stream_logs",
@@ -137,6 +138,35 @@ def storage_from_secret(cluster: Cluster, job: Mapping[str, Any]) -> str | None:
                 parse_storage_url(url)  # registers the password for redaction
                 return url
     return None
+
+
+def progress_urls(
+    cluster: Cluster,
+    job: Mapping[str, Any],
+    env_file: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Where ``status`` may read the study's progress, best first: the ``--env-file`` alone if
+    given, else the pods' own Secret (if readable), then this machine's environment. Only
+    PostgreSQL URLs: the pods share nothing else, and opening a SQLite path would create it."""
+    environ = os.environ if environ is None else environ
+    if env_file:
+        values = read_env_file(env_file)
+        candidates = [next((values[k] for k in STORAGE_ENV_VARS if values.get(k, "").strip()), "")]
+    else:
+        candidates = [
+            storage_from_secret(cluster, job) or "",
+            next((environ[k] for k in STORAGE_ENV_VARS if environ.get(k, "").strip()), ""),
+        ]
+    urls: list[str] = []
+    for url in candidates:
+        try:
+            usable = bool(url) and parse_storage_url(url).get_backend_name() == "postgresql"
+        except StorageError:
+            usable = False
+        if usable and url not in urls:
+            urls.append(url)
+    return urls
 
 
 # --- apply ----------------------------------------------------------------------------------
@@ -382,8 +412,12 @@ def stream_logs(
     if not follow:
         for pod in worker_pods(cluster, job):
             if _started(pod):
-                for line in cluster.logs(pod["metadata"]["name"]):
-                    emit(pod["metadata"]["name"], redact(line))
+                pod_name = pod["metadata"]["name"]
+                try:
+                    for line in cluster.logs(pod_name):
+                        emit(pod_name, redact(line))
+                except ClusterError as exc:  # deleted meanwhile, say: the others still count
+                    emit(pod_name, f"(no log: {exc})")
         return
 
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
