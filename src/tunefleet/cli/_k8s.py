@@ -16,6 +16,7 @@ from rich.text import Text
 
 from tunefleet import kubernetes as k8s_api
 from tunefleet.cli._study import build_spec, study_options
+from tunefleet.config import StudySpec
 from tunefleet.errors import TunefleetError
 from tunefleet.kubernetes import FleetOptions
 from tunefleet.kubernetes import _fleet as fleet
@@ -111,7 +112,7 @@ def _build(
     directions: Sequence[str],
     fleet_flags: dict[str, Any],
     study_flags: dict[str, Any],
-) -> tuple[Any, FleetOptions]:
+) -> tuple[StudySpec, FleetOptions]:
     spec = build_spec(
         objective,
         config_path,

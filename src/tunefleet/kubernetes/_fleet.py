@@ -6,6 +6,7 @@ a fake. Objects are found by their ``tunefleet.io/study`` label, never by guessi
 
 from __future__ import annotations
 
+import base64
 import os
 import queue
 import threading
@@ -93,17 +94,13 @@ def pod_storage_url(
     url: str | None = None
     if env_file:
         values = read_env_file(env_file)
-        url = next((values[k] for k in STORAGE_ENV_VARS if values.get(k, "").strip()), None)
+        url = _first_url(values)
         if url is None:
             raise ConfigError(
                 f"--env-file '{env_file}' sets neither {' nor '.join(STORAGE_ENV_VARS)}: add "
                 "TUNEFLEET_STORAGE=postgresql://user:password@host/db"
             )
-    url = (
-        url
-        or spec_storage
-        or next((environ[k] for k in STORAGE_ENV_VARS if environ.get(k, "").strip()), None)
-    )
+    url = url or spec_storage or _first_url(environ)
     if url is None:
         return None, []
     parsed = parse_storage_url(url)  # registers the password for redaction
@@ -123,8 +120,6 @@ def pod_storage_url(
 
 def storage_from_secret(cluster: Cluster, job: Mapping[str, Any]) -> str | None:
     """The storage URL in the Secret the Job's pods read, or None if it cannot be read."""
-    import base64
-
     for env in _container(job).get("env", []):
         ref = env.get("valueFrom", {}).get("secretKeyRef")
         if env.get("name") == "TUNEFLEET_STORAGE" and ref:
@@ -133,10 +128,10 @@ def storage_from_secret(cluster: Cluster, job: Mapping[str, Any]) -> str | None:
             except ClusterError:
                 return None  # not allowed to read Secrets: fine, the pods are still shown
             data = (secret or {}).get("data", {})
-            if ref["key"] in data:
-                url = base64.b64decode(data[ref["key"]]).decode()
-                parse_storage_url(url)  # registers the password for redaction
-                return url
+            try:
+                return base64.b64decode(data[ref["key"]]).decode()
+            except (KeyError, ValueError):
+                return None
     return None
 
 
@@ -151,22 +146,22 @@ def progress_urls(
     PostgreSQL URLs: the pods share nothing else, and opening a SQLite path would create it."""
     environ = os.environ if environ is None else environ
     if env_file:
-        values = read_env_file(env_file)
-        candidates = [next((values[k] for k in STORAGE_ENV_VARS if values.get(k, "").strip()), "")]
+        candidates = [_first_url(read_env_file(env_file))]
     else:
-        candidates = [
-            storage_from_secret(cluster, job) or "",
-            next((environ[k] for k in STORAGE_ENV_VARS if environ.get(k, "").strip()), ""),
-        ]
+        candidates = [storage_from_secret(cluster, job), _first_url(environ)]
     urls: list[str] = []
     for url in candidates:
-        try:
-            usable = bool(url) and parse_storage_url(url).get_backend_name() == "postgresql"
+        try:  # parsing also registers the password for redaction
+            usable = url is not None and parse_storage_url(url).get_backend_name() == "postgresql"
         except StorageError:
             usable = False
-        if usable and url not in urls:
+        if usable and url is not None and url not in urls:
             urls.append(url)
     return urls
+
+
+def _first_url(values: Mapping[str, str]) -> str | None:
+    return next((values[k] for k in STORAGE_ENV_VARS if values.get(k, "").strip()), None)
 
 
 # --- apply ----------------------------------------------------------------------------------
