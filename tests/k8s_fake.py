@@ -82,9 +82,7 @@ class FakeCluster:
                     del self.objects[key]
         return found is not None
 
-    def logs(
-        self, pod: str, *, follow: bool = False, since_seconds: int | None = None
-    ) -> Iterator[str]:
+    def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
         self._record("logs", "Pod", pod, {"follow": follow})
         yield from self.pod_logs.get(pod, [])
 

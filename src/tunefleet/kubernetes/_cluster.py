@@ -64,9 +64,7 @@ class Cluster(Protocol):
         """Delete with background propagation (a Job's pods go with it); False if not found."""
         ...
 
-    def logs(
-        self, pod: str, *, follow: bool = False, since_seconds: int | None = None
-    ) -> Iterator[str]:
+    def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
         """The worker container's log lines (without newlines); ``follow`` streams until it ends."""
         ...
 
@@ -207,16 +205,13 @@ class _LightkubeCluster:
             raise self._error(exc, "delete", kind, name) from None
         return True
 
-    def logs(
-        self, pod: str, *, follow: bool = False, since_seconds: int | None = None
-    ) -> Iterator[str]:
+    def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
         try:
             lines = self._client.log(
                 pod,
                 namespace=self._namespace,
                 container="worker",
                 follow=follow,
-                since=since_seconds,
                 newlines=False,
             )
             yield from lines
