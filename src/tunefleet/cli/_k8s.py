@@ -231,7 +231,9 @@ def apply(
     The storage URL comes from --env-file, else `storage` in --config, else $TUNEFLEET_STORAGE
     or $DATABASE_URL; without one, an existing Secret is used. Example:
 
-        tunefleet k8s apply --config study.toml --image tunefleet:0.1.0 --workers 8 --env-file .env
+    \b
+        tunefleet k8s apply --config study.toml --image tunefleet:0.1.0 --workers 8 \\
+            --env-file .env
     """
     fleet_flags, study_flags = _split(flags)
     spec, options = _build(
