@@ -5,28 +5,27 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.columns import Columns
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
-from tunefleet import kubernetes as k8s_api
 from tunefleet.cli._study import build_spec, study_options
-from tunefleet.config import StudySpec
 from tunefleet.errors import TunefleetError
-from tunefleet.kubernetes import FleetOptions
-from tunefleet.kubernetes import _fleet as fleet
-from tunefleet.kubernetes._options import PULL_POLICIES
-from tunefleet.storage import display_url
-from tunefleet.summary import StudySummary
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from tunefleet.config import StudySpec
+    from tunefleet.kubernetes import Cluster, FleetOptions
+    from tunefleet.summary import StudySummary
+
+# tunefleet.kubernetes, its YAML and the rich widgets are imported by the commands that use them:
+# every `tunefleet worker` (each pod, each local worker) loads this module to build the CLI.
 
 __all__ = ["k8s"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _POD_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
 
 
@@ -59,7 +58,7 @@ def _fleet_options(func: F) -> F:
         click.option(
             "--env", "pod_env", multiple=True, metavar="KEY=VALUE", help="Pod env var (repeatable)."
         ),
-        click.option("--pull-policy", type=click.Choice(PULL_POLICIES), help="imagePullPolicy."),
+        click.option("--pull-policy", type=click.Choice(_PULL_POLICIES), help="imagePullPolicy."),
         click.option(
             "--backoff-limit", type=int, help="Failed pods before the Job fails [3 x workers]."
         ),
@@ -113,6 +112,8 @@ def _build(
     fleet_flags: dict[str, Any],
     study_flags: dict[str, Any],
 ) -> tuple[StudySpec, FleetOptions]:
+    from tunefleet import kubernetes as k8s_api
+
     spec = build_spec(
         objective,
         config_path,
@@ -184,6 +185,8 @@ def render(
         tunefleet k8s render sklearn-iris --study iris --n-trials 300 \\
             --image tunefleet:0.1.0 --workers 3 > job.yaml
     """
+    from tunefleet import kubernetes as k8s_api
+
     fleet_flags, study_flags = _split(flags)
     spec, options = _build(
         objective, config_path, objective_args, directions, fleet_flags, study_flags
@@ -235,6 +238,12 @@ def apply(
         tunefleet k8s apply --config study.toml --image tunefleet:0.1.0 --workers 8 \\
             --env-file .env
     """
+    from rich.console import Console
+
+    from tunefleet import kubernetes as k8s_api
+    from tunefleet.kubernetes import _fleet as fleet
+    from tunefleet.storage import display_url
+
     fleet_flags, study_flags = _split(flags)
     spec, options = _build(
         objective, config_path, objective_args, directions, fleet_flags, study_flags
@@ -330,6 +339,12 @@ def status(
 
         tunefleet k8s status --study iris --watch
     """
+    from rich.console import Console
+    from rich.live import Live
+
+    from tunefleet import kubernetes as k8s_api
+    from tunefleet.kubernetes import _fleet as fleet
+
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
     job = fleet.find_job(cluster, study)
     urls = fleet.progress_urls(cluster, job, env_file)
@@ -352,6 +367,8 @@ def status(
 
 
 def _progress(urls: list[str], study: str) -> tuple[StudySummary | None, str]:
+    from tunefleet.kubernetes import _fleet as fleet
+
     if not urls:
         return None, (
             "no storage URL here and the pods' Secret is unreadable: pass --env-file or set "
@@ -366,7 +383,9 @@ def _progress(urls: list[str], study: str) -> tuple[StudySummary | None, str]:
     return None, f"{problem} (the pods above are what the cluster says)"
 
 
-def _status_json(cluster: k8s_api.Cluster, job: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+def _status_json(cluster: Cluster, job: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+    from tunefleet.kubernetes import _fleet as fleet
+
     state, message = fleet.job_state(job)
     summary, note = _progress(urls, fleet.study_of(job))
     status = job.get("status", {})
@@ -387,7 +406,14 @@ def _status_json(cluster: k8s_api.Cluster, job: dict[str, Any], urls: list[str])
     }
 
 
-def _status_view(cluster: k8s_api.Cluster, job: dict[str, Any], urls: list[str]) -> RenderableType:
+def _status_view(cluster: Cluster, job: dict[str, Any], urls: list[str]) -> RenderableType:
+    from rich.columns import Columns
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from tunefleet.kubernetes import _fleet as fleet
+
     state, message = fleet.job_state(job)
     status = job.get("status", {})
     study = fleet.study_of(job)
@@ -458,6 +484,12 @@ def logs(
 
         tunefleet k8s logs --study iris --follow
     """
+    from rich.console import Console
+    from rich.text import Text
+
+    from tunefleet import kubernetes as k8s_api
+    from tunefleet.kubernetes import _fleet as fleet
+
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
     job = fleet.find_job(cluster, study)
     console = Console(highlight=False, soft_wrap=True)
@@ -491,6 +523,11 @@ def delete(
 
         tunefleet k8s delete --study iris --with-secret
     """
+    from rich.console import Console
+
+    from tunefleet import kubernetes as k8s_api
+    from tunefleet.kubernetes import _fleet as fleet
+
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
     job = fleet.find_job(cluster, study)
     deleted = fleet.delete_fleet(cluster, job, with_secret)
