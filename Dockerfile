@@ -7,7 +7,7 @@
 #   docker build --build-arg EXTRAS=torch --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
 #     -t tunefleet:0.1.0-cuda .                                          # CUDA build of torch
 #
-# EXTRAS: tunefleet's pip extras (sklearn, xgboost, torch, keras), comma-separated.
+# EXTRAS: tunefleet's pip extras (sklearn, xgboost, torch, keras), comma-separated; empty for none.
 # TORCH_INDEX: where torch comes from; the default CPU-only index keeps the image ~2 GB smaller
 #   than PyPI's CUDA build (set it empty for PyPI's). Versions are pinned by docker/constraints.txt.
 # DATASETS: data sets baked in with `tunefleet data fetch` (space-separated), read from
@@ -26,7 +26,7 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 RUN python -m venv /opt/tunefleet \
     && /opt/tunefleet/bin/pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
-        dumb-init==1.2.5.post1 ".[${EXTRAS}]"
+        dumb-init==1.2.5.post1 ".${EXTRAS:+[$EXTRAS]}"
 
 FROM ${PYTHON_IMAGE}
 ARG DATASETS=""
