@@ -21,6 +21,9 @@ One file describes a study for a local fleet now and for Kubernetes later::
     [objective_args]
     n_folds = 3
 
+    [kubernetes]            # read by `tunefleet k8s` only (docs/kubernetes.md)
+    image = "registry.example.com/tunefleet:0.1.0"
+
 Flags override the file. The storage URL may be given here too, but the environment
 (``TUNEFLEET_STORAGE``/``DATABASE_URL``) keeps passwords out of files that get committed.
 """
@@ -148,6 +151,8 @@ _FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "db_wait": ((int, float), "a number of seconds"),
     "max_restarts": ((int,), "a number of restarts"),
     "storage_engine": ((str,), "one of auto, fast, stock"),
+    # Read by `tunefleet k8s` (tunefleet.kubernetes), which checks its keys; ignored elsewhere.
+    "kubernetes": ((dict,), "a table of Kubernetes settings, [kubernetes]"),
 }
 
 
@@ -193,6 +198,7 @@ def spec_from_mapping(data: Mapping[str, Any], source: str) -> StudySpec:
                 f"{_FILE_KEYS['direction'][1]}, got {directions!r}"
             )
         values["directions"] = tuple(directions)
+    values.pop("kubernetes", None)
     for key in ("timeout", "heartbeat_interval", "grace_period", "db_wait"):
         if key in values:
             values[key] = float(values[key])

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import click
 
 from tunefleet._redact import redact
+from tunefleet.cli._k8s import k8s
 from tunefleet.cli._study import run, worker
 from tunefleet.errors import TunefleetError
 
@@ -37,6 +38,7 @@ def cli(debug: bool) -> None:
 
 cli.add_command(run)
 cli.add_command(worker)
+cli.add_command(k8s)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

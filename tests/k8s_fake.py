@@ -1,0 +1,140 @@
+"""An in-memory stand-in for one namespace of a Kubernetes API server, at tunefleet's seam
+(:class:`tunefleet.kubernetes.Cluster`): it stores what is applied, answers gets and lists, and
+records every request so tests can assert what was sent.
+
+It keeps only the API rules tunefleet relies on: server-side apply creates or merges, a Job's pod
+template cannot change once created, deleting a Job deletes its pods (background propagation).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from tunefleet.kubernetes import ClusterError
+
+
+class FakeCluster:
+    def __init__(self, namespace: str = "default", context: str = "fake-context") -> None:
+        self._namespace = namespace
+        self._context = context
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, str, dict[str, Any] | None]] = []
+        self.pod_logs: dict[str, list[str]] = {}
+        self.refuse: dict[tuple[str, str], str] = {}  # (verb, kind) -> error message
+        #: Called before answering each list of Pods (a test's timeline of pods coming and going).
+        self.before_list_pods: Callable[[FakeCluster], None] | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def context(self) -> str:
+        return self._context
+
+    # --- the seam -----------------------------------------------------------------------------
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        body = copy.deepcopy(dict(obj))
+        kind, name = body["kind"], body["metadata"]["name"]
+        self._record("apply", kind, name, body)
+        stored = self.objects.get((kind, name))
+        if stored is not None and kind == "Job":
+            if stored["spec"]["template"] != body["spec"]["template"]:
+                raise ClusterError(
+                    f'the cluster refused to apply Job {name}: Job.batch "{name}" is invalid: '
+                    "spec.template: Invalid value: field is immutable (422)"
+                )
+            stored["spec"].update(body["spec"])
+            return copy.deepcopy(stored)
+        body["metadata"].setdefault("namespace", self._namespace)
+        body["metadata"].setdefault("creationTimestamp", "2026-11-01T10:00:00Z")
+        if kind == "Job":
+            body.setdefault("status", {})
+        self.objects[(kind, name)] = body
+        return copy.deepcopy(body)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        self._record("get", kind, name, None)
+        found = self.objects.get((kind, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def list(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        self._record("list", kind, "", dict(labels))
+        if kind == "Pod" and self.before_list_pods is not None:
+            self.before_list_pods(self)
+        return [
+            copy.deepcopy(o)
+            for (k, _), o in sorted(self.objects.items())
+            if k == kind and labels.items() <= o["metadata"].get("labels", {}).items()
+        ]
+
+    def delete(self, kind: str, name: str) -> bool:
+        self._record("delete", kind, name, None)
+        found = self.objects.pop((kind, name), None)
+        if found is not None and kind == "Job":
+            study = found["metadata"]["labels"]["tunefleet.io/study"]
+            for key, pod in list(self.objects.items()):
+                if key[0] == "Pod" and pod["metadata"]["labels"].get("tunefleet.io/study") == study:
+                    del self.objects[key]
+        return found is not None
+
+    def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
+        self._record("logs", "Pod", pod, {"follow": follow})
+        yield from self.pod_logs.get(pod, [])
+
+    # --- test helpers -------------------------------------------------------------------------
+
+    def _record(self, verb: str, kind: str, name: str, body: dict[str, Any] | None) -> None:
+        if (verb, kind) in self.refuse:
+            raise ClusterError(self.refuse[(verb, kind)])
+        self.requests.append((verb, kind, name, copy.deepcopy(body)))
+
+    def sent(self, verb: str, kind: str | None = None) -> list[dict[str, Any]]:
+        """Bodies of the requests with this verb (and kind)."""
+        return [
+            b or {} for v, k, _, b in self.requests if v == verb and (kind is None or k == kind)
+        ]
+
+    def wire(self) -> str:
+        """Every request as JSON: what went over the wire, for grepping."""
+        return json.dumps(self.requests)
+
+    def add_pod(
+        self,
+        job: Mapping[str, Any],
+        name: str,
+        phase: str = "Running",
+        exit_code: int | None = None,
+        waiting: str | None = None,
+        node: str = "node-1",
+        conditions: list[dict[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """A worker pod of ``job`` as the kubelet would report it."""
+        state: dict[str, Any] = {"running": {"startedAt": "2026-11-01T10:00:05Z"}}
+        if exit_code is not None:
+            reason = "Completed" if exit_code == 0 else "Error"
+            state = {"terminated": {"exitCode": exit_code, "reason": reason}}
+        elif waiting:
+            state = {"waiting": {"reason": waiting}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": self._namespace,
+                "labels": dict(job["spec"]["template"]["metadata"]["labels"]),
+                "creationTimestamp": "2026-11-01T10:00:00Z",
+            },
+            "spec": {"nodeName": node if not waiting else None},
+            "status": {
+                "phase": phase,
+                "conditions": conditions or [],
+                "containerStatuses": [{"name": "worker", "restartCount": 0, "state": state}],
+            },
+        }
+        self.objects[("Pod", name)] = pod
+        return pod
