@@ -369,6 +369,7 @@ def test_worker_args_reproduce_the_study_spec() -> None:
         grace_period=9.0,
         retry_failed=2,
         db_wait=30.0,
+        storage_engine="stock",
     )
     args = worker_args(spec)
     assert args[:2] == ["tunefleet", "worker"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 import tomllib
@@ -81,6 +82,46 @@ class StudySpec:
         if "objective_args" in values:
             values["objective_args"] = {**self.objective_args, **values["objective_args"]}
         return dataclasses.replace(self, **values).validated()
+
+    def worker_args(self, log_level: str = "info") -> list[str]:
+        """The ``tunefleet worker`` arguments that reproduce this spec — for local fleet
+        processes and Kubernetes pods alike. The storage URL is not among them: it travels in
+        the environment, where ``ps`` cannot show its password."""
+        assert self.objective is not None and self.study is not None
+        args = [
+            self.objective,
+            "--study",
+            self.study,
+            "--sampler",
+            self.sampler,
+            "--pruner",
+            self.pruner,
+            "--log-level",
+            log_level,
+        ]
+        for direction in self.directions:
+            args += ["--direction", direction]
+        if self.n_trials is not None:
+            args += ["--n-trials", str(self.n_trials)]
+        if self.timeout is not None:
+            args += ["--timeout", repr(self.timeout)]
+        if self.seed is not None:
+            args += ["--seed", str(self.seed)]
+        args += [
+            "--heartbeat-interval",
+            repr(self.heartbeat_interval),
+            "--grace-period",
+            repr(self.grace_period),
+            "--retry-failed",
+            str(self.retry_failed),
+            "--db-wait",
+            repr(self.db_wait),
+            "--storage-engine",
+            self.storage_engine,
+        ]
+        for key, value in self.objective_args.items():
+            args += ["--objective-arg", f"{key}={json.dumps(value)}"]
+        return args
 
     def validated(self, source: str = "option") -> StudySpec:
         """Check every value; raise :class:`ConfigError` naming the first bad one."""

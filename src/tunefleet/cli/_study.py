@@ -150,45 +150,6 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
     return spec, objective, storage
 
 
-def _worker_args(spec: StudySpec, log_level: str) -> list[str]:
-    """The ``tunefleet worker`` flags that reproduce ``spec`` (storage travels in the env)."""
-    assert spec.objective is not None and spec.study is not None
-    args = [
-        spec.objective,
-        "--study",
-        spec.study,
-        "--sampler",
-        spec.sampler,
-        "--pruner",
-        spec.pruner,
-        "--log-level",
-        log_level,
-    ]
-    for d in spec.directions:
-        args += ["--direction", d]
-    if spec.n_trials is not None:
-        args += ["--n-trials", str(spec.n_trials)]
-    if spec.timeout is not None:
-        args += ["--timeout", repr(spec.timeout)]
-    if spec.seed is not None:
-        args += ["--seed", str(spec.seed)]
-    args += [
-        "--heartbeat-interval",
-        repr(spec.heartbeat_interval),
-        "--grace-period",
-        repr(spec.grace_period),
-        "--retry-failed",
-        str(spec.retry_failed),
-        "--db-wait",
-        repr(spec.db_wait),
-        "--storage-engine",
-        spec.storage_engine,
-    ]
-    for key, value in spec.objective_args.items():
-        args += ["--objective-arg", f"{key}={json.dumps(value)}"]
-    return args
-
-
 @click.command()
 @study_options
 @click.option("--workers", type=int, help="Worker processes [number of CPUs].")
@@ -243,7 +204,7 @@ def run(
 
     fleet = LocalFleet(
         n_workers,
-        _worker_args(spec, "info" if verbose else "warning"),
+        spec.worker_args("info" if verbose else "warning"),
         env={"TUNEFLEET_STORAGE": storage.env_url},
         on_output=show,
     )

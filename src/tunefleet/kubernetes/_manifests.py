@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -155,23 +155,7 @@ def _metadata(name: str, study: str, component: str, namespace: str | None) -> d
 
 def worker_args(spec: StudySpec) -> list[str]:
     """``tunefleet worker ...`` reproducing ``spec``; the storage URL travels in the Secret."""
-    assert spec.objective is not None
-    args = ["tunefleet", "worker", spec.objective, "--study", study_name(spec)]
-    args += ["--sampler", spec.sampler, "--pruner", spec.pruner, "--log-level", "info"]
-    for direction in spec.directions:
-        args += ["--direction", direction]
-    if spec.n_trials is not None:
-        args += ["--n-trials", str(spec.n_trials)]
-    if spec.timeout is not None:
-        args += ["--timeout", repr(spec.timeout)]
-    if spec.seed is not None:
-        args += ["--seed", str(spec.seed)]
-    args += ["--heartbeat-interval", repr(spec.heartbeat_interval)]
-    args += ["--grace-period", repr(spec.grace_period)]
-    args += ["--retry-failed", str(spec.retry_failed), "--db-wait", repr(spec.db_wait)]
-    for key, value in spec.objective_args.items():
-        args += ["--objective-arg", f"{key}={json.dumps(value)}"]
-    return args
+    return ["tunefleet", "worker", *dataclasses.replace(spec, study=study_name(spec)).worker_args()]
 
 
 def _pod_failure_policy() -> dict[str, Any]:

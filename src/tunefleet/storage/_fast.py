@@ -27,7 +27,6 @@ import datetime
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
@@ -161,7 +160,9 @@ class _Pending:
 @dataclass
 class _StudyCache:
     trials: dict[int, FrozenTrial] = field(default_factory=dict)  # by number
-    synced_at: float = 0.0
+    # Set by ask(), whose pipeline has just read every changed trial: the sampler's read that
+    # follows at once (building the Trial) is served from memory. Any other read syncs first.
+    fresh: bool = False
 
     def from_number(self) -> int:
         unfinished = [n for n, t in self.trials.items() if not t.state.is_finished()]
@@ -178,7 +179,6 @@ class FastPostgresStorage(BaseStorage):
         engine: the SQLAlchemy engine of ``inner``, whose psycopg connections run the pipelines.
         retrier: retries transient database failures, as for the stock path.
         flush_interval: how soon a suggested parameter reaches the database, in seconds.
-        sync_interval: how stale a read of other workers' trials may be, in seconds.
     """
 
     def __init__(
@@ -187,13 +187,11 @@ class FastPostgresStorage(BaseStorage):
         engine: Engine,
         retrier: Retrier,
         flush_interval: float = 0.1,
-        sync_interval: float = 0.5,
     ) -> None:
         self._inner = inner
         self._engine = engine
         self._retrier = retrier
         self.flush_interval = flush_interval
-        self.sync_interval = sync_interval
         self._lock = threading.RLock()
         self._studies: dict[int, _StudyCache] = {}
         self._owned: dict[int, FrozenTrial] = {}  # this process's running trials, by trial id
@@ -257,7 +255,7 @@ class FastPostgresStorage(BaseStorage):
             ]
         )
         found, taken, changed = rows[1], rows[2], rows[3]
-        self._apply_sync(study_id, changed)
+        self._apply_sync(study_id, changed, fresh=True)
         if found:  # a retry of an ask whose commit went through: that slot is ours
             claim_id, trial_id = found[0]
         elif taken:
@@ -378,7 +376,7 @@ class FastPostgresStorage(BaseStorage):
             study_id = self._owned_study.pop(trial_id)
             self._owned.pop(trial_id, None)
             self._pending.pop(trial_id, None)
-            self._studies[study_id].synced_at = 0.0  # re-read it with the rest
+            self._studies[study_id].fresh = False
         if not finished:
             raise optuna.exceptions.UpdateFinishedTrialError(
                 f"Trial#{owned.number} has already finished and can not be updated."
@@ -435,7 +433,7 @@ class FastPostgresStorage(BaseStorage):
         self.flush()
         with self._lock:
             for cache in self._studies.values():
-                cache.synced_at = 0.0
+                cache.fresh = False
 
     def close(self) -> None:
         self._closed.set()
@@ -449,18 +447,20 @@ class FastPostgresStorage(BaseStorage):
         with self._lock:
             return self._studies.setdefault(study_id, _StudyCache())
 
-    def _apply_sync(self, study_id: int, rows: list[Any]) -> None:
+    def _apply_sync(self, study_id: int, rows: list[Any], fresh: bool = False) -> None:
         cache = self._cache(study_id)
         with self._lock:
             for row in rows:
                 trial = _frozen_trial(row)
                 cache.trials[trial.number] = trial
-            cache.synced_at = time.monotonic()
+            cache.fresh = fresh
 
     def _sync(self, study_id: int) -> _StudyCache:
         cache = self._cache(study_id)
-        if time.monotonic() - cache.synced_at < self.sync_interval:
-            return cache
+        with self._lock:
+            if cache.fresh:
+                cache.fresh = False
+                return cache
         with self._lock:
             from_number = cache.from_number()
         rows = self._pipeline([(_SYNC_SQL, {"study_id": study_id, "from_number": from_number})])
@@ -551,15 +551,12 @@ class FastPostgresStorage(BaseStorage):
             "inner": self._inner,
             "retrier": self._retrier,
             "flush_interval": self.flush_interval,
-            "sync_interval": self.sync_interval,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         inner = state["inner"]
         engine = getattr(inner, "inner", inner).engine  # the unpickled RDBStorage's new engine
-        FastPostgresStorage.__init__(
-            self, inner, engine, state["retrier"], state["flush_interval"], state["sync_interval"]
-        )
+        FastPostgresStorage.__init__(self, inner, engine, state["retrier"], state["flush_interval"])
 
 
 def _frozen_trial(row: Sequence[Any]) -> FrozenTrial:
