@@ -195,6 +195,7 @@ class FastPostgresStorage(BaseStorage):
         self._lock = threading.RLock()
         self._studies: dict[int, _StudyCache] = {}
         self._owned: dict[int, FrozenTrial] = {}  # this process's running trials, by trial id
+        self._finished: dict[int, FrozenTrial] = {}  # finished trials never change: by trial id
         self._owned_study: dict[int, int] = {}
         self._pending: dict[int, _Pending] = {}
         self._flusher: threading.Thread | None = None
@@ -215,11 +216,11 @@ class FastPostgresStorage(BaseStorage):
                 # transaction is one network round trip (psycopg's transaction() would add two).
                 conn.autocommit = True
                 try:
-                    with conn.pipeline() as pipeline:
+                    # Leaving the block sends one Sync and waits once: the single round trip.
+                    with conn.pipeline():
                         conn.execute(b"BEGIN")
                         cursors = [conn.execute(sql.encode(), params) for sql, params in statements]
                         conn.execute(b"COMMIT")
-                        pipeline.sync()
                     return [cur.fetchall() if cur.description else [] for cur in cursors]
                 finally:
                     if not conn.closed:
@@ -376,6 +377,11 @@ class FastPostgresStorage(BaseStorage):
             study_id = self._owned_study.pop(trial_id)
             self._owned.pop(trial_id, None)
             self._pending.pop(trial_id, None)
+            if rows[-1]:  # what the database now holds, so that reading it back costs nothing
+                owned.state = state
+                owned.values = [float(v) for v in values] if values is not None else None
+                owned.datetime_complete = datetime.datetime.now()
+                self._finished[trial_id] = owned
             self._studies[study_id].fresh = False
         if not finished:
             raise optuna.exceptions.UpdateFinishedTrialError(
@@ -453,6 +459,8 @@ class FastPostgresStorage(BaseStorage):
             for row in rows:
                 trial = _frozen_trial(row)
                 cache.trials[trial.number] = trial
+                if trial.state.is_finished():
+                    self._finished[trial._trial_id] = trial
             cache.fresh = fresh
 
     def _sync(self, study_id: int) -> _StudyCache:
@@ -482,9 +490,9 @@ class FastPostgresStorage(BaseStorage):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
-            owned = self._owned.get(trial_id)
-            if owned is not None:
-                return copy.deepcopy(owned)
+            known = self._owned.get(trial_id) or self._finished.get(trial_id)
+            if known is not None:
+                return copy.deepcopy(known)
         self._write_through(trial_id)
         return self._inner.get_trial(trial_id)
 

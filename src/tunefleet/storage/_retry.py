@@ -98,16 +98,19 @@ class Retrier:
 
     def call(self, func: Callable[[], T], on_retry: Callable[[], None] | None = None) -> T:
         deadline = time.monotonic() + self.wait
-        delay = 0.05
+        delay = 0.0
         while True:
             try:
                 result = func()
             except Exception as exc:
                 if not is_transient(exc) or time.monotonic() + delay > deadline:
                     raise
-                self._note_outage(exc)
+                # The first retry is immediate and silent: a pooled connection that the server
+                # closed while idle fails once, and the retry gets a fresh one.
+                if delay:
+                    self._note_outage(exc)
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(max(delay * 2, 0.05), 2.0)
                 if on_retry is not None:
                     on_retry()
                 continue
