@@ -55,8 +55,15 @@ def _reading(storage: FleetStorage) -> Iterator[None]:
         raise translate_db_error(exc, storage.url) from exc
 
 
-def _open(storage_flag: str | None) -> FleetStorage:
-    return monitor.open_existing_storage(resolve_storage_url(storage_flag))
+@contextmanager
+def _opened(storage_flag: str | None) -> Iterator[FleetStorage]:
+    """The storage, open for reading (database errors become one-line errors), then closed."""
+    fs = monitor.open_existing_storage(resolve_storage_url(storage_flag))
+    try:
+        with _reading(fs):
+            yield fs
+    finally:
+        fs.close()
 
 
 def _print_json(data: Any) -> None:
@@ -87,27 +94,26 @@ def status(
 
         tunefleet status --study iris --watch
     """
-    fs = _open(storage)
-    with _reading(fs):
+    with _opened(storage) as fs:
         ref = monitor.resolve_study(fs, study)
         current = monitor.read_status(fs, ref)
-    if as_json:
-        _print_json(current.to_json())
-    if not watch:
-        if not as_json:
-            Console().print(monitor.render_status(current))
-        return 0
-    try:
         if as_json:
-            while not _finished(current):
-                time.sleep(interval)
-                current = _refresh(fs, ref, current)[0]
-                _print_json(current.to_json())
-                sys.stdout.flush()
-        else:
-            _watch(fs, ref, current, interval)
-    except KeyboardInterrupt:
-        pass
+            _print_json(current.to_json())
+        if not watch:
+            if not as_json:
+                Console().print(monitor.render_status(current))
+            return 0
+        try:
+            if as_json:
+                while not _finished(current):
+                    time.sleep(interval)
+                    current = _refresh(fs, ref, current)[0]
+                    _print_json(current.to_json())
+                    sys.stdout.flush()
+            else:
+                _watch(fs, ref, current, interval)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -153,8 +159,7 @@ def studies(storage: str | None, as_json: bool) -> int:
 
         tunefleet studies --storage postgresql://user:pw@host/db
     """
-    fs = _open(storage)
-    with _reading(fs):
+    with _opened(storage) as fs:
         rows = monitor.list_studies(fs)
     if as_json:
         _print_json([r.to_json() for r in rows])
@@ -176,8 +181,7 @@ def best(storage: str | None, study: str | None, as_json: bool) -> int:
 
         tunefleet best --study iris --json
     """
-    fs = _open(storage)
-    with _reading(fs):
+    with _opened(storage) as fs:
         ref = monitor.resolve_study(fs, study)
         found = monitor.best_trials(fs, ref)
     if as_json:
@@ -218,8 +222,7 @@ def trials(storage: str | None, study: str | None, fmt: str, states: tuple[str, 
         tunefleet trials --study iris --format csv --state complete > trials.csv
     """
     wanted = monitor.parse_states(states)
-    fs = _open(storage)
-    with _reading(fs):
+    with _opened(storage) as fs:
         ref = monitor.resolve_study(fs, study)
         rows = monitor.load_trials(fs, ref, wanted)
     if fmt == "json":
@@ -251,8 +254,7 @@ def report(storage: str | None, study: str | None, out: Path) -> int:
         tunefleet report --study iris --out iris.html
     """
     started = time.monotonic()
-    fs = _open(storage)
-    with _reading(fs):
+    with _opened(storage) as fs:
         ref = monitor.resolve_study(fs, study)
         written = monitor.write_report(fs, ref, out)
     size = out.stat().st_size / 1e6
@@ -287,27 +289,23 @@ def dashboard(storage: str | None, study: str | None, port: int, host: str) -> i
 
         tunefleet dashboard --study iris --port 8080
     """
-    fs = _open(storage)
-    study_id = None
-    with _reading(fs):
-        if study is not None:
-            study_id = monitor.resolve_study(fs, study).study_id
-    server = monitor.start_dashboard(fs, host, port)
-    bound = int(server.server_address[1])
-    err = Console(stderr=True)
-    if not monitor.is_loopback(host):
-        err.print(
-            f"[yellow]warning:[/] the dashboard listens on {host} without a login: anyone "
-            "who reaches this port can read and change the studies",
-            highlight=False,
-        )
-    url = monitor.dashboard_url(host, bound, study_id)
-    click.echo(f"optuna-dashboard on {fs.display_url}: {url}")
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    with _opened(storage) as fs:
+        study_id = None if study is None else monitor.resolve_study(fs, study).study_id
+        server = monitor.start_dashboard(fs, host, port)
+        bound = int(server.server_address[1])
+        if not monitor.is_loopback(host):
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] the dashboard listens on {host} without a login: anyone "
+                "who reaches this port can read and change the studies",
+                highlight=False,
+            )
+        url = monitor.dashboard_url(host, bound, study_id)
+        click.echo(f"optuna-dashboard on {fs.display_url}: {url}")
+        sys.stdout.flush()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
     return 0
