@@ -37,9 +37,13 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 def set_log_context(**fields: Any) -> None:
-    """Add fields (such as ``worker=...``) to every log record from now on."""
+    """Add fields (such as ``worker=...``) to every log record from now on; None removes one."""
     with _context_lock:
-        _context.update(fields)
+        for key, value in fields.items():
+            if value is None:
+                _context.pop(key, None)
+            else:
+                _context[key] = value
 
 
 class _ContextFilter(logging.Filter):
