@@ -183,11 +183,13 @@ def build_report(storage: FleetStorage, ref: StudyRef) -> Report:
         )
     )
     if len(complete) >= 2:
+        n_params = len({name for t in complete for name in t.params})
         importances = _try_plot(
             "importances",
             lambda: vis.plot_param_importances(
                 study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
             ),
+            height=min(900, 160 + 40 * n_params * len(ref.directions)),
         )
     else:
         importances = _note("needs at least two completed trials")
@@ -300,7 +302,10 @@ def _summary(status: StudyStatus) -> str:
     if status.budget is not None:
         rows.append(("budget", f"{status.n_counted} of {status.budget} counted"))
     if status.best is not None:
-        params = ", ".join(f"{k}={v}" for k, v in status.best.params.items())
+        params = ", ".join(
+            f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in status.best.params.items()
+        )
         rows.append(("best", f"{status.best.values[0]:.6g} (trial {status.best.number}): {params}"))
     elif status.n_pareto:
         rows.append(("Pareto front", f"{status.n_pareto} trials"))
