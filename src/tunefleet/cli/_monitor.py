@@ -140,7 +140,10 @@ def _watch(
 
     console = Console()
     with Live(monitor.render_status(current), console=console, auto_refresh=False) as live:
-        while not _finished(current):
+        last_frame = _finished(current)
+        while not last_frame:
+            # Once the study is done, one more frame shows the workers that were exiting.
+            last_frame = _finished(current)
             time.sleep(interval)
             current, problem = _refresh(fs, ref, current)
             view = monitor.render_status(current)
