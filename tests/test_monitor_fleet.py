@@ -196,7 +196,7 @@ def test_trials_csv_and_state_filter(fleet: FleetRun) -> None:
 
 def test_report_renders_every_plot_offline(fleet: FleetRun, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
-    fleet.process("report", "--out", str(out))
+    fleet.cli("report", "--out", str(out))
     html = out.read_text()
     assert re.search(r"<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=", html, re.I) is None
     for section in ("history", "importances", "parallel", "slice", "intermediate", "timeline"):

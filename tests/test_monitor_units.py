@@ -171,3 +171,35 @@ def test_every_monitoring_command_has_help_and_docs(name: str) -> None:
     command = cli.commands[name]
     assert command.help and "tunefleet " + name in command.help, "help needs an example"
     assert f"tunefleet {name}" in README.read_text(), f"README does not show `tunefleet {name}`"
+
+
+def test_missing_extras_and_unwritable_reports_are_config_errors(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage(sqlite_url)
+    optuna.create_study(study_name="s", storage=storage.optuna).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    ref = monitor.resolve_study(storage, "s")
+    with pytest.raises(ConfigError, match=r"cannot write the report to .*: pass another --out"):
+        monitor.write_report(storage, ref, tmp_path / "missing-dir" / "r.html")
+
+    import importlib
+    import importlib.util
+
+    real_find_spec, real_import = importlib.util.find_spec, importlib.import_module
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "plotly" else real_find_spec(n, *a)
+    )
+
+    def no_dashboard(name: str, *args: object) -> object:
+        if name == "optuna_dashboard":
+            raise ImportError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_dashboard)
+    with pytest.raises(ConfigError, match=r'pip install "tunefleet\[report\]"'):
+        monitor.build_report(storage, ref)
+    with pytest.raises(ConfigError, match=r'pip install "tunefleet\[dashboard\]"'):
+        monitor.start_dashboard(storage, "127.0.0.1", 0)
+    storage.close()
