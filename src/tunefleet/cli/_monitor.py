@@ -233,7 +233,7 @@ def trials(storage: str | None, study: str | None, fmt: str, states: tuple[str, 
     elif fmt == "csv":
         click.echo(monitor.trials_to_csv(rows, len(ref.directions)), nl=False)
     else:
-        Console().print(monitor.render_trials(rows, len(ref.directions)))
+        click.echo(monitor.format_trials_table(rows, len(ref.directions)), nl=False)
     return 0
 
 

@@ -11,10 +11,10 @@ from tunefleet.monitor._dashboard import dashboard_url, is_loopback, start_dashb
 from tunefleet.monitor._load import load_frozen_trials
 from tunefleet.monitor._render import (
     format_duration,
+    format_trials_table,
     render_best,
     render_status,
     render_studies,
-    render_trials,
 )
 from tunefleet.monitor._report import Report, build_report, write_report
 from tunefleet.monitor._status import (
@@ -56,6 +56,7 @@ __all__ = [
     "build_report",
     "dashboard_url",
     "format_duration",
+    "format_trials_table",
     "is_loopback",
     "list_studies",
     "load_frozen_trials",
@@ -67,7 +68,6 @@ __all__ = [
     "render_best",
     "render_status",
     "render_studies",
-    "render_trials",
     "resolve_study",
     "start_dashboard",
     "trials_to_csv",
