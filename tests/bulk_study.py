@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import random
 import time
+import uuid
 from dataclasses import dataclass
 
 import optuna
@@ -121,7 +122,14 @@ def make_bulk_study(
             )
             userattrs.append({"trial_id": trial_id, "key": "source", "value_json": '"bulk"'})
             claims.append(
-                {"study_id": sid, "worker_id": wid, "trial_id": trial_id, "claimed_at": begin}
+                {
+                    "study_id": sid,
+                    "worker_id": wid,
+                    "trial_id": trial_id,
+                    "claimed_at": begin,
+                    "requeue": 0,
+                    "token": uuid.uuid4().hex,
+                }
             )
             if state == TrialState.COMPLETE:
                 objs = [value, -abs(x)] if multi else [value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import math
 import random
@@ -12,11 +13,11 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
+from rich.console import Console
 from sqlalchemy import update
 
 from tests.conftest import DATA
 from tunefleet import monitor
-from tunefleet.cli import cli
 from tunefleet.config import StudySpec
 from tunefleet.errors import ConfigError, StorageError
 from tunefleet.monitor import _sql
@@ -24,9 +25,6 @@ from tunefleet.monitor._timeline import claim_times, trial_spans
 from tunefleet.objectives import load_objective
 from tunefleet.storage import open_storage
 from tunefleet.study import open_study
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-COMMANDS = ("status", "studies", "best", "trials", "report", "dashboard")
 
 
 def _odd_trials() -> list[optuna.trial.FrozenTrial]:
@@ -166,13 +164,6 @@ def test_a_missing_embedded_store_is_not_created(tmp_path: Path) -> None:
     assert not (tmp_path / "nope.db").exists()
 
 
-@pytest.mark.parametrize("name", COMMANDS)
-def test_every_monitoring_command_has_help_and_docs(name: str) -> None:
-    command = cli.commands[name]
-    assert command.help and "tunefleet " + name in command.help, "help needs an example"
-    assert f"tunefleet {name}" in README.read_text(), f"README does not show `tunefleet {name}`"
-
-
 def test_missing_extras_and_unwritable_reports_are_config_errors(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,4 +193,24 @@ def test_missing_extras_and_unwritable_reports_are_config_errors(
         monitor.build_report(storage, ref)
     with pytest.raises(ConfigError, match=r'pip install "tunefleet\[dashboard\]"'):
         monitor.start_dashboard(storage, "127.0.0.1", 0)
+    storage.close()
+
+
+def test_a_worker_declared_lost_shows_as_lost(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    objective = load_objective(f"{DATA / 'objectives.py'}:quadratic", {})
+    fleet_study = open_study(storage, StudySpec(study="lost", n_trials=3), objective)
+    sid, ledger = fleet_study.study_id, storage.ledger
+    ledger.register_worker(sid, "gone-1-aaaaaa", "gone", 1)
+    ledger.register_worker(sid, "alive-2-bbbbbb", "alive", 2)
+    ledger.take_stale_claims(sid, "alive-2-bbbbbb", grace=-1.0)  # everyone else is silent
+    ledger.heartbeat("alive-2-bbbbbb")
+
+    status = monitor.read_status(storage, monitor.resolve_study(storage, "lost"))
+    states = {w.worker_id: w.to_json()["state"] for w in status.workers}
+    assert states == {"gone-1-aaaaaa": "lost", "alive-2-bbbbbb": "running"}
+    assert status.workers[0].worker_id == "alive-2-bbbbbb"  # running rows first
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(monitor.render_status(status))
+    assert "lost" in console.export_text()
     storage.close()

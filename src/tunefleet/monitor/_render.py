@@ -147,12 +147,20 @@ def _workers_table(workers: Sequence[WorkerRow]) -> RenderableType:
             "-" if w.current_trial is None else f"#{w.current_trial}",
             format_duration(w.current_trial_s),
             "-" if w.heartbeat_age_s is None else f"{format_duration(w.heartbeat_age_s)} ago",
-            f"[dim]{escape(w.exit_reason or 'exited')}[/]" if w.finished else "[cyan]running[/]",
+            _worker_state(w),
         )
     hidden = len(workers) - WORKERS_SHOWN
     if hidden > 0:
         table.add_row(f"[dim]… and {hidden} more (--json lists all)[/]")
     return table
+
+
+def _worker_state(worker: WorkerRow) -> str:
+    if worker.state == "running":
+        return "[cyan]running[/]"
+    if worker.state == "lost":
+        return "[red]lost[/]"
+    return f"[dim]{escape(worker.exit_reason or 'exited')}[/]"
 
 
 def render_studies(studies: Sequence[StudyOverview], storage: str) -> RenderableType:

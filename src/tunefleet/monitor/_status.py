@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 from optuna.trial import TrialState
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
 from tunefleet.monitor import _sql as q
 from tunefleet.monitor._studies import StudyRef
 from tunefleet.storage import FleetStorage
+from tunefleet.storage._ledger import _open_claim_condition as open_claim_condition
 from tunefleet.worker import WORKER_ATTR
 
 __all__ = ["RATE_WINDOW_S", "BestTrial", "StudyStatus", "WorkerRow", "pareto_front", "read_status"]
@@ -68,12 +69,20 @@ class WorkerRow:
     def n_trials(self) -> int:
         return sum(self.trials.values())
 
+    @property
+    def state(self) -> str:
+        """``running``, ``finished``, or ``lost`` (declared dead by another worker after a
+        silence longer than the grace period; its trial was re-queued)."""
+        if not self.finished:
+            return "running"
+        return "lost" if self.exit_reason == "lost" else "finished"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,
             "host": self.host,
             "pid": self.pid,
-            "state": "finished" if self.finished else "running",
+            "state": self.state,
             "exit_reason": self.exit_reason,
             "n_trials": self.n_trials,
             "trials": self.trials,
@@ -241,18 +250,12 @@ def _state_counts(conn: Connection, sid: int) -> dict[str, int]:
 
 
 def _open_claims(conn: Connection, sid: int) -> int:
-    """Claimed slots whose trial has not finished (the same rule as the ledger's budget)."""
+    """Claimed slots whose trial has not finished (the ledger's own rule, shared with it)."""
     return int(
         conn.execute(
             select(func.count())
             .select_from(q.claims.outerjoin(q.trials, q.trials.c.trial_id == q.claims.c.trial_id))
-            .where(
-                q.claims.c.study_id == sid,
-                or_(
-                    q.claims.c.trial_id.is_(None),
-                    q.trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]),
-                ),
-            )
+            .where(q.claims.c.study_id == sid, open_claim_condition())
         ).scalar_one()
     )
 
