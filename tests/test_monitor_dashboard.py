@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -39,7 +40,8 @@ def test_dashboard_serves_the_studies_of_the_storage(pg_url: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunefleet", "dashboard", "--port", "0", "--study", "watched",
          "--storage", pg_url],
-        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**clean_env(), "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         line = _first_line(proc, timeout=60)
@@ -49,7 +51,13 @@ def test_dashboard_serves_the_studies_of_the_storage(pg_url: str) -> None:
         assert url.endswith(f"/dashboard/studies/{study._study_id}")
         base = url.split("/dashboard/")[0]
 
-        with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as response:
+        # A browser keeps idle connections open (preconnect, keep-alive): the dashboard must
+        # still answer other requests meanwhile.
+        host, port = base.removeprefix("http://").split(":")
+        with (
+            socket.create_connection((host, int(port)), timeout=10),
+            urllib.request.urlopen(f"{base}/api/studies", timeout=30) as response,
+        ):
             listing = json.load(response)
         names = {s["study_name"] for s in listing["study_summaries"]}
         assert names == {"watched", "other"}
@@ -60,16 +68,15 @@ def test_dashboard_serves_the_studies_of_the_storage(pg_url: str) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            code = proc.wait(timeout=20)
+            code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"the dashboard did not stop on SIGINT:\n{err[-5000:]}") from None
     assert code == 0
 
 
 def test_dashboard_port_in_use_is_a_one_line_error(sqlite_url: str) -> None:
-    import socket
-
     optuna.create_study(study_name="s", storage=sqlite_url)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

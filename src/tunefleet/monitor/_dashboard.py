@@ -11,6 +11,7 @@ import importlib
 import ipaddress
 import logging
 from collections.abc import Callable
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -20,6 +21,13 @@ from tunefleet.storage import FleetStorage
 __all__ = ["dashboard_url", "is_loopback", "start_dashboard"]
 
 log = logging.getLogger("tunefleet.dashboard")
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection: browsers hold idle keep-alive and preconnect sockets open,
+    which would stall a one-at-a-time server. Daemon threads, so Ctrl-C exits at once."""
+
+    daemon_threads = True
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -61,7 +69,9 @@ def start_dashboard(storage: FleetStorage, host: str, port: int) -> WSGIServer:
         ) from exc
     app: Callable[..., Any] = dashboard.wsgi(storage.optuna)
     try:
-        return make_server(host, port, app, handler_class=_QuietHandler)
+        return make_server(
+            host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler
+        )
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}): pass another --port "
