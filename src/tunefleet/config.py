@@ -83,7 +83,7 @@ class StudySpec:
             values["objective_args"] = {**self.objective_args, **values["objective_args"]}
         return dataclasses.replace(self, **values).validated()
 
-    def worker_args(self, log_level: str = "info") -> list[str]:
+    def worker_args(self, log_level: str = "info", log_format: str = "text") -> list[str]:
         """The ``tunefleet worker`` arguments that reproduce this spec — for local fleet
         processes and Kubernetes pods alike. The storage URL is not among them: it travels in
         the environment, where ``ps`` cannot show its password."""
@@ -98,6 +98,8 @@ class StudySpec:
             self.pruner,
             "--log-level",
             log_level,
+            "--log-format",
+            log_format,
         ]
         for direction in self.directions:
             args += ["--direction", direction]

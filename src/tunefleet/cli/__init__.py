@@ -16,6 +16,7 @@ import click
 
 from tunefleet._redact import redact
 from tunefleet.cli._k8s import k8s
+from tunefleet.cli._monitor import best, dashboard, report, status, studies, trials
 from tunefleet.cli._study import run, worker
 from tunefleet.errors import TunefleetError
 
@@ -39,6 +40,12 @@ def cli(debug: bool) -> None:
 cli.add_command(run)
 cli.add_command(worker)
 cli.add_command(k8s)
+cli.add_command(status)
+cli.add_command(studies)
+cli.add_command(best)
+cli.add_command(trials)
+cli.add_command(report)
+cli.add_command(dashboard)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from tunefleet._logging import setup_logging
+from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
 from tunefleet.errors import ConfigError, TunefleetError
@@ -27,6 +27,14 @@ from tunefleet.worker import EXIT_DONE
 __all__ = ["build_spec", "run", "study_options", "worker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+LOG_FORMAT_OPTION = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    envvar="TUNEFLEET_LOG_FORMAT",
+    help="Worker log lines as plain text or JSON lines (for log collectors).",
+)
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -159,6 +167,7 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
     help="Restarts of crashed workers, in all, before giving up [3 x workers].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show every worker's per-trial log lines.")
+@LOG_FORMAT_OPTION
 def run(
     objective: str | None,
     config_path: str | None,
@@ -166,6 +175,7 @@ def run(
     directions: tuple[str, ...],
     as_json: bool,
     verbose: bool,
+    log_format: str,
     **flags: Any,
 ) -> int:
     """Run a local fleet of workers on one study and wait until it is done.
@@ -177,7 +187,7 @@ def run(
     """
     from tunefleet.display import FleetProgress, render_summary
 
-    setup_logging(logging.INFO if verbose else logging.WARNING)
+    setup_logging(logging.INFO if verbose else logging.WARNING, log_format)
     spec = build_spec(objective, config_path, objective_args, directions, **flags)
     spec, objective_obj, storage = _prepare(spec)
     fleet_study = open_study(storage, spec, objective_obj)
@@ -200,11 +210,14 @@ def run(
         return done(0)
 
     def show(index: int, line: str) -> None:
+        if log_format == "json":  # already one JSON object per line, naming its worker
+            click.echo(redact(line), err=True)
+            return
         console.print(f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False)
 
     fleet = LocalFleet(
         n_workers,
-        spec.worker_args("info" if verbose else "warning"),
+        spec.worker_args("info" if verbose else "warning", log_format),
         env={"TUNEFLEET_STORAGE": storage.env_url},
         on_output=show,
     )
@@ -285,6 +298,7 @@ def _restart_crashed(
     show_default=True,
     help="Worker log verbosity.",
 )
+@LOG_FORMAT_OPTION
 def worker(
     objective: str | None,
     config_path: str | None,
@@ -292,6 +306,7 @@ def worker(
     directions: tuple[str, ...],
     as_json: bool,
     log_level: str,
+    log_format: str,
     **flags: Any,
 ) -> int:
     """Run one worker: join the study (creating it if needed) and run trials until it is done.
@@ -303,11 +318,13 @@ def worker(
     """
     from tunefleet.worker import Worker
 
-    setup_logging(LOG_LEVELS[log_level])
+    setup_logging(LOG_LEVELS[log_level], log_format)
     spec = build_spec(objective, config_path, objective_args, directions, **flags)
     spec, objective_obj, storage = _prepare(spec)
     started = time.monotonic()
-    result = Worker(storage, spec, objective_obj).run()
+    one = Worker(storage, spec, objective_obj)
+    set_log_context(worker=one.worker_id)
+    result = one.run()
     if as_json:
         fleet_study = open_study(storage, spec.merged(n_trials=None, timeout=None), objective_obj)
         summary = summarize(fleet_study, wall_s=time.monotonic() - started)
