@@ -25,9 +25,9 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from sqlalchemy import insert, update
 
-from tunefleet.storage import open_storage
+from tunefleet.storage import WORKER_ATTR, open_storage
 from tunefleet.storage._ledger import fleet_claims, fleet_studies
-from tunefleet.worker import FAIL_REASON_ATTR, WORKER_ATTR
+from tunefleet.worker import FAIL_REASON_ATTR
 
 __all__ = ["BulkStudy", "make_bulk_study"]
 

@@ -206,11 +206,9 @@ def test_status_names_running_trials_and_their_workers(sqlite_url: str) -> None:
     ledger = storage.ledger
     sid = fleet_study.study_id
     ledger.register_worker(sid, "pod-a-1-abcdef", "pod-a", 1)
-    claim = ledger.claim(sid, "pod-a-1-abcdef")
-    assert claim is not None
-    trial = fleet_study.study.ask()
-    ledger.attach(claim, trial._trial_id)
-    storage.optuna.set_trial_system_attr(trial._trial_id, "tunefleet:worker", "pod-a-1-abcdef")
+    taken = storage.ask_trial(fleet_study.study, "pod-a-1-abcdef")
+    assert taken is not None
+    _, trial = taken
 
     ref = monitor.resolve_study(storage, None)
     status = monitor.read_status(storage, ref)

@@ -94,10 +94,9 @@ def test_status_and_timeline_use_the_database_clock(sqlite_url: str) -> None:
     fleet_study = open_study(storage, StudySpec(study="skew", n_trials=3), objective)
     sid, ledger = fleet_study.study_id, storage.ledger
     ledger.register_worker(sid, "late-1-aaaaaa", "late", 1)
-    claim = ledger.claim(sid, "late-1-aaaaaa")
-    assert claim is not None
-    trial = fleet_study.study.ask()
-    ledger.attach(claim, trial._trial_id)
+    taken = storage.ask_trial(fleet_study.study, "late-1-aaaaaa")
+    assert taken is not None
+    _, trial = taken
     fleet_study.study.tell(trial, 1.0)
     behind = dt.timedelta(hours=5)
     told = storage.optuna.get_trial(trial._trial_id)

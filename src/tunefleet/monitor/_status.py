@@ -20,9 +20,8 @@ from sqlalchemy.engine import Connection
 
 from tunefleet.monitor import _sql as q
 from tunefleet.monitor._studies import StudyRef
-from tunefleet.storage import FleetStorage
+from tunefleet.storage import WORKER_ATTR, FleetStorage
 from tunefleet.storage._ledger import _open_claim_condition as open_claim_condition
-from tunefleet.worker import WORKER_ATTR
 
 __all__ = ["RATE_WINDOW_S", "BestTrial", "StudyStatus", "WorkerRow", "pareto_front", "read_status"]
 

@@ -16,8 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
 from tunefleet.monitor import _sql as q
-from tunefleet.storage import FleetStorage
-from tunefleet.worker import WORKER_ATTR
+from tunefleet.storage import WORKER_ATTR, FleetStorage
 
 __all__ = ["Span", "claim_times", "fleet_busy_share", "timeline_figure", "trial_spans"]
 

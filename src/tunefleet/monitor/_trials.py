@@ -16,8 +16,8 @@ from tunefleet.errors import ConfigError
 from tunefleet.monitor._load import load_frozen_trials
 from tunefleet.monitor._status import BestTrial, pareto_front
 from tunefleet.monitor._studies import StudyRef
-from tunefleet.storage import FleetStorage
-from tunefleet.worker import FAIL_REASON_ATTR, WORKER_ATTR
+from tunefleet.storage import WORKER_ATTR, FleetStorage
+from tunefleet.worker import FAIL_REASON_ATTR
 
 __all__ = [
     "TRIAL_STATES",
