@@ -44,8 +44,11 @@ class ThrowawayPostgres:
     refuses to run as root, so as root the server runs as the ``postgres`` system user.
     """
 
-    def __init__(self, password: str | None = None, ssl: bool = False) -> None:
+    def __init__(
+        self, password: str | None = None, ssl: bool = False, settings: dict[str, str] | None = None
+    ) -> None:
         self.ssl = ssl
+        self.settings = settings or {}
         bin_dir = find_pg_bin()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
@@ -122,6 +125,7 @@ class ThrowawayPostgres:
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c max_connections=200"
         )
+        options += "".join(f" -c {k}={v}" for k, v in self.settings.items())
         self._run(
             str(self.bin_dir / "pg_ctl"),
             "-D",

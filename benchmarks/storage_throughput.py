@@ -1,0 +1,285 @@
+"""Storage throughput: stock Optuna vs tunefleet on the same PostgreSQL, side by side.
+
+Runs a trivial objective with W worker processes on a study of N trials, for each storage:
+
+* ``optuna``         — stock Optuna: ``study.optimize(n_trials=N/W)`` in each process, RDBStorage;
+* ``tunefleet-stock`` — tunefleet workers on Optuna's RDBStorage (``--storage-engine stock``);
+* ``tunefleet-fast``  — tunefleet workers on the fast path (the default on PostgreSQL).
+
+It starts a throwaway PostgreSQL (``pg_stat_statements`` loaded) from the binaries on this machine,
+so statements and server time per trial are counted by the server itself. ``--rtt-ms`` puts a
+delaying proxy between the workers and the server. Usage::
+
+    python -m benchmarks.storage_throughput                       # the default matrix
+    python -m benchmarks.storage_throughput --trials 2000 --workers 1 2 4 8 16 \\
+        --samplers random tpe --params 2 14 --rtt-ms 0 2
+
+Prints a Markdown table: trials/s (median of --repeats), statements, commits and server ms per
+trial, peak connections per worker, and the ratio to stock Optuna in the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import optuna
+import psycopg
+from tests.latency_proxy import LatencyProxy
+from tests.pgserver import ThrowawayPostgres
+
+ENGINES = ("optuna", "tunefleet-stock", "tunefleet-fast")
+
+
+def objective_2(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    y = trial.suggest_int("y", -10, 10)
+    return x * x + y
+
+
+def objective_14(trial: optuna.Trial) -> float:
+    total = 0.0
+    for i in range(10):
+        total += trial.suggest_float(f"f{i}", -1, 1) ** 2
+    total += trial.suggest_int("i0", 0, 10) + trial.suggest_int("i1", 0, 10)
+    total += len(trial.suggest_categorical("c0", ["a", "bb", "ccc"]))
+    total += trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    return total
+
+
+def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _worker(
+    engine: str,
+    url: str,
+    study: str,
+    n_trials: int,
+    n_workers: int,
+    index: int,
+    sampler: str,
+    params: int,
+    barrier: mp.synchronize.Barrier,
+) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    func = objective_2 if params == 2 else objective_14
+    if engine == "optuna":
+        storage = optuna.storages.RDBStorage(url)
+        loaded = optuna.load_study(
+            study_name=study, storage=storage, sampler=_sampler(sampler, index)
+        )
+        barrier.wait()
+        share = n_trials // n_workers + (1 if index < n_trials % n_workers else 0)
+        loaded.optimize(func, n_trials=share)
+        return
+    from tunefleet.config import StudySpec
+    from tunefleet.objectives import FunctionObjective
+    from tunefleet.storage import open_storage
+    from tunefleet.worker import Worker
+
+    fleet_storage = open_storage(url, engine=engine.removeprefix("tunefleet-"))
+    spec = StudySpec(study=study, n_trials=n_trials, sampler=sampler, seed=index, pruner="none")
+    worker = Worker(fleet_storage, spec, FunctionObjective(func, "bench", {}))
+    barrier.wait()
+    worker.run()
+    fleet_storage.close()
+
+
+@dataclass
+class Result:
+    trials_per_s: float
+    statements: float
+    commits: float
+    server_ms: float
+    peak_connections: int
+
+
+def _stats(admin: psycopg.Connection, database: str) -> tuple[float, float, float]:
+    calls, exec_ms = admin.execute(
+        "SELECT coalesce(sum(calls), 0), coalesce(sum(total_exec_time), 0) "
+        "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
+        (database,),
+    ).fetchone()  # type: ignore[misc]
+    commits = admin.execute(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (database,)
+    ).fetchone()[0]  # type: ignore[index]
+    return float(calls), float(commits), float(exec_ms)
+
+
+def run_one(
+    server: ThrowawayPostgres,
+    engine: str,
+    n_trials: int,
+    n_workers: int,
+    sampler: str,
+    params: int,
+    rtt_ms: float,
+    tag: str,
+) -> Result:
+    database = f"bench_{tag}"
+    admin_url = server.url()
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {database}")
+    url = server.url(database)
+    # Create the schema and the study before timing, as every engine would find them.
+    from tunefleet.storage import open_storage
+
+    storage = open_storage(url, engine="stock")
+    study_id = storage.optuna.create_new_study([optuna.study.StudyDirection.MINIMIZE], "bench")
+    storage.ledger.ensure_study(study_id, n_trials, None)
+    storage.close()
+
+    with (
+        _maybe_proxy(server.port, rtt_ms) as port,
+        psycopg.connect(admin_url, autocommit=True) as admin,
+    ):
+        worker_url = url.replace(f":{server.port}/", f":{port}/")
+        admin.execute("SELECT pg_stat_statements_reset()")
+        time.sleep(0.6)  # pg_stat_database is refreshed about every 500 ms
+        calls0, commits0, exec0 = _stats(admin, database)
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(n_workers + 1)
+        procs = [
+            ctx.Process(
+                target=_worker,
+                args=(
+                    engine,
+                    worker_url,
+                    "bench",
+                    n_trials,
+                    n_workers,
+                    i,
+                    sampler,
+                    params,
+                    barrier,
+                ),
+            )
+            for i in range(n_workers)
+        ]
+        for p in procs:
+            p.start()
+        peak = _Peak(admin_url, database)
+        barrier.wait(timeout=300)
+        started = time.perf_counter()
+        for p in procs:
+            p.join()
+        wall = time.perf_counter() - started
+        peak.stop()
+        time.sleep(0.6)
+        calls1, commits1, exec1 = _stats(admin, database)
+    return Result(
+        n_trials / wall,
+        (calls1 - calls0) / n_trials,
+        (commits1 - commits0) / n_trials,
+        (exec1 - exec0) / n_trials,
+        peak.value,
+    )
+
+
+@contextlib.contextmanager
+def _maybe_proxy(port: int, rtt_ms: float) -> Iterator[int]:
+    if rtt_ms <= 0:
+        yield port
+        return
+    with LatencyProxy(port, rtt_ms / 1000) as proxy:
+        yield proxy.port
+
+
+class _Peak:
+    """Samples the database's connection count while the workers run."""
+
+    def __init__(self, admin_url: str, database: str) -> None:
+        self.value = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(admin_url, database))
+        self._thread.start()
+
+    def _run(self, admin_url: str, database: str) -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            while not self._stop.wait(0.05):
+                n = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+                ).fetchone()[0]  # type: ignore[index]
+                self.value = max(self.value, int(n))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--samplers", nargs="+", default=["random", "tpe"])
+    parser.add_argument("--params", type=int, nargs="+", default=[2, 14], choices=[2, 14])
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    server = ThrowawayPostgres(
+        settings={
+            "shared_preload_libraries": "pg_stat_statements",
+            "pg_stat_statements.track": "all",
+        }
+    ).start()
+    try:
+        with psycopg.connect(server.url(), autocommit=True) as admin:
+            admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        print(
+            "| RTT | sampler | params | W | storage | trials/s | vs stock | statements/trial | "
+            "commits/trial | server ms/trial | peak conns/worker |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        tag = 0
+        for rtt in args.rtt_ms:
+            for sampler in args.samplers:
+                for params in args.params:
+                    for workers in args.workers:
+                        baseline: float | None = None
+                        for engine in args.engines:
+                            runs = []
+                            for _ in range(args.repeats):
+                                tag += 1
+                                runs.append(
+                                    run_one(
+                                        server,
+                                        engine,
+                                        args.trials,
+                                        workers,
+                                        sampler,
+                                        params,
+                                        rtt,
+                                        str(tag),
+                                    )
+                                )
+                            best = sorted(runs, key=lambda r: r.trials_per_s)[len(runs) // 2]
+                            rate = statistics.median(r.trials_per_s for r in runs)
+                            if engine == "optuna":
+                                baseline = rate
+                            ratio = f"{rate / baseline:.1f}x" if baseline else "-"
+                            print(
+                                f"| {rtt:g} ms | {sampler} | {params} | {workers} | {engine} | "
+                                f"{rate:.1f} | {ratio} | {best.statements:.1f} | "
+                                f"{best.commits:.1f} | {best.server_ms:.2f} | "
+                                f"{best.peak_connections / workers:.1f} |",
+                                flush=True,
+                            )
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()
