@@ -169,11 +169,13 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def _missing_message(name: str, directory: Path, missing: list[str]) -> str:
-    root = directory.parent
+    if len(missing) == len(_PARTS) + len(_TEST_PARTS):
+        problem = f"dataset '{name}' is not in {directory}"
+    else:
+        problem = f"dataset '{name}' in {directory} lacks {', '.join(m + '[.gz]' for m in missing)}"
     return (
-        f"dataset '{name}' is missing from {directory} (no {', '.join(missing)}[.gz]): run "
-        f"'tunefleet data fetch {name} --dir {root}', or point ${DATA_DIR_ENV} (or the "
-        "data_dir setting) at the directory that holds it"
+        f"{problem}: run 'tunefleet data fetch {name} --dir {directory.parent}', or set "
+        f"${DATA_DIR_ENV} (or --objective-arg data_dir=...) to the directory that holds it"
     )
 
 
