@@ -15,7 +15,9 @@ from collections.abc import Sequence
 import click
 
 from tunefleet._redact import redact
+from tunefleet.cli._data import data
 from tunefleet.cli._k8s import k8s
+from tunefleet.cli._rescore import rescore
 from tunefleet.cli._study import run, worker
 from tunefleet.errors import TunefleetError
 
@@ -39,6 +41,8 @@ def cli(debug: bool) -> None:
 cli.add_command(run)
 cli.add_command(worker)
 cli.add_command(k8s)
+cli.add_command(data)
+cli.add_command(rescore)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
