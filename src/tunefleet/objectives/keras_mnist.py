@@ -188,8 +188,6 @@ class KerasMnist(BuiltinObjective):
                 loss="sparse_categorical_crossentropy",
                 optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
                 metrics=["accuracy"],
-                # A new model each trial: compiling it with XLA costs more than it saves here.
-                jit_compile=False,
             )
             report = _ReportEachEpoch(trial)
             model.fit(
