@@ -23,7 +23,10 @@ def test_rescore_cli_reproduces_a_builtin_best_then_varies_seed_and_split(
     storage_url: str,
 ) -> None:
     env = {"TUNEFLEET_STORAGE": storage_url}
-    run = tunefleet("worker", "sklearn-iris", "--n-trials", "4", "--seed", "1", env=env)
+    run = tunefleet(
+        *("worker", "sklearn-iris", "--n-trials", "4", "--seed", "1"),
+        env={**env, "TUNEFLEET_THREADS": "3"},
+    )
     assert run.returncode == 0, run.stderr
     result = tunefleet("rescore", "--study", "sklearn-iris", "--repeats", "3", "--json", env=env)
     assert result.returncode == 0, result.stderr
@@ -36,6 +39,7 @@ def test_rescore_cli_reproduces_a_builtin_best_then_varies_seed_and_split(
     assert out["objective"] == "sklearn-iris"
     assert out["params"] == study.best_params
     assert out["seeds"] == [1, 2, 3]
+    assert out["n_threads"] == 3  # the trial's own thread count, not this machine's
     assert len(out["values"]) == 3 and all(0 <= v <= 1 for v in out["values"])
     assert out["mean"] == pytest.approx(statistics.fmean(out["values"]))
     assert out["sd"] == pytest.approx(statistics.stdev(out["values"]))

@@ -56,6 +56,7 @@ class RescoreResult:
     #: The value with the trial's own recorded seeds (built-ins), or None when unknown.
     reproduced: float | None = None
     objective_args: dict[str, Any] = field(default_factory=dict)
+    n_threads: int = 1
 
     @property
     def mean(self) -> float:
@@ -83,6 +84,7 @@ class RescoreResult:
             "params": self.params,
             "reported": self.reported,
             "reproduced": self.reproduced,
+            "n_threads": self.n_threads,
             "seeds": self.seeds,
             "values": self.values,
             "mean": self.mean,
@@ -204,7 +206,10 @@ def rescore(
     args = {**(recorded or {}), **(objective_args or {})}
     args = {k: v for k, v in args.items() if k != "seed"}
     make = _variant_factory(spec, args)
-    context = WorkerContext(seed=None, n_threads=worker_threads())
+    # The trial's own thread count: float sums, and so scores, can change with it.
+    recorded_threads = best.user_attrs.get("n_threads")
+    threads = int(recorded_threads) if recorded_threads else worker_threads()
+    context = WorkerContext(seed=None, n_threads=threads)
     assert best.value is not None
 
     reproduced = None
@@ -228,4 +233,5 @@ def rescore(
         values=values,
         reproduced=reproduced,
         objective_args=args,
+        n_threads=threads,
     )
