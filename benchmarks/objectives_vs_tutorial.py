@@ -8,12 +8,14 @@ bundled sets; ``<cwd>/FashionMNIST/raw/`` (torchvision's layout, read without to
 does not install beside a CPU build of torch); ``$KERAS_HOME/datasets/mnist.npz``. It never
 downloads: the image files are synthetic (random pixels, full size: 60,000 + 10,000 images).
 
-Run (about a minute with these sizes on 2 cores)::
+Run (about two minutes with these sizes on 2 busy cores)::
 
     python benchmarks/objectives_vs_tutorial.py --trials 3 --epochs 1
 
 ``--epochs`` replaces the 10 epochs of both network objectives, for a shorter run; the ratio is
-per trial at equal epochs. Missing frameworks are skipped.
+per trial at equal epochs (tutorial / tunefleet: above 1, tunefleet is faster). iris and XGBoost
+trials take milliseconds, so they run ``--quick-trials`` (20) per side. Frameworks that are not
+installed are skipped.
 """
 
 from __future__ import annotations
@@ -276,7 +278,10 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=3, help="trials per side [3]")
+    parser.add_argument("--trials", type=int, default=3, help="network trials per side [3]")
+    parser.add_argument(
+        "--quick-trials", type=int, default=20, help="iris and XGBoost trials per side [20]"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the networks [10]")
     parser.add_argument("--only", action="append", help="benchmark only this built-in")
     options = parser.parse_args()
@@ -293,41 +298,49 @@ def main() -> None:
         os.environ["KERAS_HOME"] = str(root / "keras")
         os.chdir(root)  # the tutorial's DIR = os.getcwd()
         epochs = options.epochs
-        cases: list[tuple[str, str, Callable[[Any], float], dict[str, Any]]] = [
-            ("sklearn-iris", "sklearn", tutorial_sklearn, {}),
-            ("xgboost-breast-cancer", "xgboost", tutorial_xgboost, {}),
+        quick, slow = options.quick_trials, options.trials
+        cases: list[tuple[str, str, Callable[[Any], float], dict[str, Any], int]] = [
+            ("sklearn-iris", "sklearn", tutorial_sklearn, {}, quick),
+            ("xgboost-breast-cancer", "xgboost", tutorial_xgboost, {}, quick),
             (
                 "torch-fashion-mnist",
                 "torch",
                 lambda t: tutorial_torch(t, epochs),
                 {"epochs": epochs},
+                slow,
             ),
-            ("keras-mnist", "keras", lambda t: tutorial_keras(t, epochs), {"epochs": epochs}),
+            (
+                "keras-mnist",
+                "keras",
+                lambda t: tutorial_keras(t, epochs),
+                {"epochs": epochs},
+                slow,
+            ),
         ]
         rows = []
-        for name, module, tutorial, args in cases:
+        for name, module, tutorial, args, trials in cases:
             if options.only and name not in options.only:
                 continue
             if importlib.util.find_spec(module) is None:
                 print(f"{name}: {module} not installed, skipped", file=sys.stderr)
                 continue
             print(f"{name} ...", file=sys.stderr)
-            rows.append(measure(name, tutorial, args, options.trials))
+            rows.append(measure(name, tutorial, args, trials))
 
-    print(
-        f"\n{options.trials} trials per side, epochs={epochs} for the networks; seconds per trial"
-    )
-    header = f"{'objective':24} {'tutorial median':>16} {'tunefleet median':>17} {'ratio':>7}"
+    print(f"\nseconds per trial, median of each side; epochs={epochs} for the networks")
+    header = f"{'objective':24} {'trials':>6} {'tutorial':>9} {'tunefleet':>10} {'ratio':>7}"
     print(header + f" {'tunefleet set-up, once':>24}")
     for row in rows:
         tut, ours = statistics.median(row["tutorial"]), statistics.median(row["tunefleet"])
         print(
-            f"{row['name']:24} {tut:16.3f} {ours:17.3f} {tut / ours:6.1f}x {row['setup_s']:23.2f}s"
+            f"{row['name']:24} {len(row['tutorial']):6} {tut:9.3f} {ours:10.3f} {tut / ours:6.1f}x"
+            f" {row['setup_s']:23.2f}s"
         )
     print("\nper trial (tutorial | tunefleet):")
     for row in rows:
         pairs = ", ".join(
-            f"{a:.2f}|{b:.2f}" for a, b in zip(row["tutorial"], row["tunefleet"], strict=True)
+            f"{a:.2f}|{b:.2f}"
+            for a, b in list(zip(row["tutorial"], row["tunefleet"], strict=True))[:8]
         )
         print(f"  {row['name']:24} {pairs}")
 
