@@ -88,6 +88,8 @@ def test_fresh_worker_gives_a_score_in_range_that_the_same_seed_repeats(
     assert attrs["objective_args"]["n_threads"] == 1 and attrs["n_threads"] == 1
     assert attrs["device"].startswith("cpu")  # CI has no GPU
     assert "split_seed" in attrs
+    if name == "keras-mnist":
+        assert attrs["keras_backend"] == "tensorflow"  # the default
 
     # Same seed, same value: this process re-runs the worker's trial from its parameters.
     objective = load_objective(name, args)
@@ -218,3 +220,19 @@ def test_torch_threads_follow_the_worker_share_unless_set(data_dir: Path) -> Non
     objective = load_objective("torch-fashion-mnist", {**args, "n_threads": 1})
     objective.setup(WorkerContext(seed=0, n_threads=2))
     assert torch.get_num_threads() == 1
+
+
+def test_keras_backend_is_honoured(data_dir: Path, tmp_path: Path) -> None:
+    require_module("keras")
+    require_module("torch")
+    args = _args("keras-mnist", data_dir)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = tunefleet(
+        *("worker", "keras-mnist", "--storage", storage, "--n-trials", "1"),
+        *(f"--objective-arg={k}={json.dumps(v)}" for k, v in args.items()),
+        env={"KERAS_BACKEND": "torch"},
+    )
+    assert result.returncode == 0, result.stderr
+    (trial,) = optuna.load_study(study_name="keras-mnist", storage=storage).trials
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["keras_backend"] == "torch"
