@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from tunefleet._redact import redact
 from tunefleet.config import StudySpec
 from tunefleet.objectives import Objective, WorkerContext
+from tunefleet.objectives._common import worker_threads
 from tunefleet.recovery import ATTEMPT_ATTR, TRACEBACK_ATTR, requeue_trial
 from tunefleet.samplers import make_sampler
 from tunefleet.storage import FleetStorage
@@ -90,6 +91,9 @@ class Worker:
         self._failed_in_a_row = 0
 
     def run(self) -> WorkerResult:
+        # The objective's numerical libraries get this worker's share of the CPUs, not all of
+        # them: W workers each starting one thread per core run several times slower.
+        n_threads = worker_threads()
         fleet_study = open_study(self.storage, self.spec, self.objective)
         name = fleet_study.name
         if fleet_study.budget.done:
@@ -111,7 +115,7 @@ class Worker:
         reason = "interrupted"
         try:
             with self._stop:
-                self.objective.setup(WorkerContext(seed=self.spec.seed))
+                self.objective.setup(WorkerContext(seed=self.spec.seed, n_threads=n_threads))
                 log.info(
                     "worker %s joined study %s on %s",
                     self.worker_id,

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import click
 
 from tunefleet._redact import redact
+from tunefleet.cli._data import data
 from tunefleet.cli._k8s import k8s
 from tunefleet.cli._monitor import best, dashboard, report, status, studies, trials
+from tunefleet.cli._rescore import rescore
 from tunefleet.cli._study import run, worker
 from tunefleet.errors import TunefleetError
 
@@ -46,6 +48,8 @@ cli.add_command(best)
 cli.add_command(trials)
 cli.add_command(report)
 cli.add_command(dashboard)
+cli.add_command(data)
+cli.add_command(rescore)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

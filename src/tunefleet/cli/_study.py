@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from tunefleet.errors import ConfigError, TunefleetError
 from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
 from tunefleet.objectives._base import cpu_count
+from tunefleet.objectives._common import THREADS_ENV
 from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
 from tunefleet.study import FleetStudy, default_study_name, open_study, resolve_directions
 from tunefleet.summary import summarize
@@ -215,10 +217,13 @@ def run(
             return
         console.print(f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False)
 
+    env = {"TUNEFLEET_STORAGE": storage.env_url}
+    if THREADS_ENV not in os.environ:  # each worker's threads: its share of the CPUs
+        env[THREADS_ENV] = str(max(1, cpu_count() // n_workers))
     fleet = LocalFleet(
         n_workers,
         spec.worker_args("info" if verbose else "warning", log_format),
-        env={"TUNEFLEET_STORAGE": storage.env_url},
+        env=env,
         on_output=show,
     )
     console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")

@@ -32,6 +32,24 @@ BUILTINS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
         "sklearn",
         ("sklearn", "scipy", "joblib", "threadpoolctl"),
     ),
+    "xgboost-breast-cancer": (
+        "tunefleet.objectives.xgboost_breast_cancer",
+        "XGBoostBreastCancer",
+        "xgboost",
+        ("xgboost", "sklearn", "scipy", "joblib", "threadpoolctl"),
+    ),
+    "torch-fashion-mnist": (
+        "tunefleet.objectives.torch_fashion_mnist",
+        "TorchFashionMnist",
+        "torch",
+        ("torch",),
+    ),
+    "keras-mnist": (
+        "tunefleet.objectives.keras_mnist",
+        "KerasMnist",
+        "keras",
+        ("keras", "tensorflow"),
+    ),
 }
 
 
