@@ -73,7 +73,12 @@ def test_run_passes_json_lines_through_from_its_workers(sqlite_url: str) -> None
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert len({r["worker"] for r in records}) == 2
-    assert sum(r["message"].startswith("trial ") for r in records) == 4
+    # One line as each trial starts and one as it ends, each with its event as a JSON key.
+    events = [r["event"] for r in records if r["message"].startswith("trial ")]
+    assert events.count("started") == 4
+    assert sum(e in ("finished", "pruned", "failed") for e in events) == 4
+    finished = [r for r in records if r.get("event") == "finished"]
+    assert all(isinstance(r["trial"], int) and r["values"] for r in finished)
 
 
 def test_json_formatter_keeps_extra_fields_and_redacts_them() -> None:

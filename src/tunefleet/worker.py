@@ -169,16 +169,21 @@ class Worker:
         study, ledger = fleet_study.study, self.storage.ledger
         self.n_trials += 1
         started = time.perf_counter()
+        log.info(
+            "trial %d started", trial.number, extra={"event": "started", "trial": trial.number}
+        )
         try:
             with self._stop.interruptible():
                 value = self.objective(trial)
         except optuna.TrialPruned:
             self._tell(study, trial, state=TrialState.PRUNED)
+            step = study._storage.get_trial(trial._trial_id).last_step
             log.info(
                 "trial %d pruned at step %s (%.2fs)",
                 trial.number,
-                study._storage.get_trial(trial._trial_id).last_step,
+                step,
                 time.perf_counter() - started,
+                extra={"event": "pruned", "trial": trial.number, "step": step},
             )
             self._failed_in_a_row = 0
             return
@@ -193,7 +198,11 @@ class Worker:
                 trial._trial_id,
                 lost_reason=f"worker {self.worker_id} was stopped ({exc})",
             )
-            log.warning("trial %d handed back: re-queued with the same parameters", trial.number)
+            log.warning(
+                "trial %d handed back: re-queued with the same parameters",
+                trial.number,
+                extra={"event": "lost", "trial": trial.number},
+            )
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -206,12 +215,20 @@ class Worker:
         values = [float(v) for v in _as_list(value)]
         self._tell(study, trial, values=values)
         self._failed_in_a_row = 0
+        elapsed = time.perf_counter() - started
         log.info(
             "trial %d finished: value %s, params %s (%.2fs)",
             trial.number,
             values[0] if len(values) == 1 else values,
             trial.params,
-            time.perf_counter() - started,
+            elapsed,
+            extra={
+                "event": "finished",
+                "trial": trial.number,
+                "values": values,
+                "params": trial.params,
+                "duration_s": round(elapsed, 3),
+            },
         )
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
@@ -253,9 +270,20 @@ class Worker:
                 reason,
                 attempt,
                 self.spec.retry_failed,
+                extra={
+                    "event": "failed",
+                    "trial": trial.number,
+                    "reason": reason,
+                    "retry": attempt,
+                },
             )
         else:
-            log.warning("trial %d failed: %s", trial.number, reason)
+            log.warning(
+                "trial %d failed: %s",
+                trial.number,
+                reason,
+                extra={"event": "failed", "trial": trial.number, "reason": reason},
+            )
         if details:
             log.debug("trial %d traceback:\n%s", trial.number, redact(details))
         self._failed_in_a_row += 1
@@ -331,6 +359,11 @@ class _Heartbeat(threading.Thread):
                     "trial (id %d) lost with %s: re-queued with the same parameters",
                     claim.trial_id,
                     claim.worker_id,
+                    extra={
+                        "event": "lost",
+                        "trial_id": claim.trial_id,
+                        "lost_worker": claim.worker_id,
+                    },
                 )
 
 
