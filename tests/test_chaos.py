@@ -80,7 +80,9 @@ def chaos_server() -> Iterator[ThrowawayPostgres]:
     server.close()
 
 
-def test_chaos_on_postgres(chaos_server: ThrowawayPostgres, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["fast", "stock"])
+def test_chaos_on_postgres(chaos_server: ThrowawayPostgres, tmp_path: Path, engine: str) -> None:
+    """On both PostgreSQL paths: tunefleet's fast one and Optuna's RDBStorage."""
     url, n_trials, rng = chaos_server.url(), 90, random.Random(7)
     record = tmp_path / "record.txt"
     fleet = spawn(
@@ -95,6 +97,8 @@ def test_chaos_on_postgres(chaos_server: ThrowawayPostgres, tmp_path: Path) -> N
         "--workers",
         "5",
         "--json",
+        "--storage-engine",
+        engine,
         *RECOVERY,
         env={"SLEEP_S": "0.15", "RECORD_FILE": str(record)},
     )

@@ -84,19 +84,42 @@ def assert_exact_and_clean(url: str, study: str, n_trials: int) -> list[FrozenTr
 
 
 def test_killed_worker_is_recovered_by_an_idle_worker(storage_url: str) -> None:
-    study = ["--study", "kill9", "--storage", storage_url, "--n-trials", "3", *FAST_RECOVERY]
+    _kill_and_recover(storage_url)
+
+
+def test_killed_worker_is_recovered_on_the_stock_postgres_path(pg_url: str) -> None:
+    _kill_and_recover(pg_url, "--storage-engine", "stock")
+
+
+def _kill_and_recover(storage_url: str, *options: str) -> None:
+    study = [
+        "--study",
+        "kill9",
+        "--storage",
+        storage_url,
+        "--n-trials",
+        "3",
+        *options,
+        *FAST_RECOVERY,
+    ]
     doomed = spawn("worker", f"{OBJ}:sleepy", *study, env={"SLEEP_S": "60"})
-    wait_for(lambda: len(running(storage_url, "kill9")) == 1, what="a running trial")
+    seen: list[FrozenTrial] = []
+    wait_for(
+        lambda: bool(seen.extend(running(storage_url, "kill9")) or seen), what="a running trial"
+    )
     doomed.kill()
     doomed.wait()
-    victim = running(storage_url, "kill9")[0]
+    victim = seen[0]
     # The survivor runs its own trials, then sits idle until the dead worker's trial is
     # declared lost: detection does not wait for a new trial to start.
     survivor = tunefleet("worker", f"{OBJ}:sleepy", *study, env={"SLEEP_S": "0.05"})
     assert survivor.returncode == 0, survivor.stderr
     all_trials = assert_exact_and_clean(storage_url, "kill9", 3)
     lost = next(t for t in all_trials if t.number == victim.number)
-    assert "no heartbeat for more than 1s" in lost.system_attrs["tunefleet:lost"]
+    assert "no heartbeat for more than 1s" in lost.system_attrs.get("tunefleet:lost", ""), (
+        lost,
+        survivor.stderr,
+    )
     rerun = next(t for t in all_trials if t.system_attrs.get("tunefleet:retry_of") == lost.number)
     assert rerun.state == TrialState.COMPLETE
     assert rerun.params == victim.params
@@ -246,6 +269,34 @@ def test_retries_are_bounded(sqlite_url: str) -> None:
     assert json.loads(result.stdout)["n_trials"] == 2
     attempts = sorted(t.system_attrs.get("tunefleet:attempt", 1) for t in all_trials)
     assert attempts == [1, 1, 2, 2, 3, 3]
+
+
+def test_no_password_in_anything_stored_on_trials(pg_url: str) -> None:
+    """An objective that puts the storage URL in its exception: the stored reason and traceback
+    are masked, like every log line."""
+    secret = "Tr1al-Attr-Secret"
+    url = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@", 1)
+    result = tunefleet(
+        "run",
+        f"{OBJ}:leaks_the_url",
+        "--storage",
+        url,
+        "--n-trials",
+        "2",
+        "--workers",
+        "1",
+        "--json",
+        "-v",
+    )
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout + result.stderr
+    stored = trials(pg_url, "leaks_the_url")
+    assert len(stored) == 2
+    for t in stored:
+        text = json.dumps([t.system_attrs, t.user_attrs, t.params])
+        assert "fail_reason" in t.system_attrs and "tunefleet:traceback" in t.system_attrs
+        assert secret not in text
+        assert "***" in t.system_attrs["fail_reason"]
 
 
 @pytest.mark.parametrize("flag", ["--grace-period", "--heartbeat-interval"])

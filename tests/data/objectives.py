@@ -114,3 +114,9 @@ def fails_first_attempt(trial: optuna.Trial) -> float:
 def always_fails(trial: optuna.Trial) -> float:
     trial.suggest_float("x", 0, 1)
     raise KeyError("never works")
+
+
+def leaks_the_url(trial: optuna.Trial) -> float:
+    """Fails with the storage URL, password and all, in its message."""
+    trial.suggest_float("x", 0, 1)
+    raise ConnectionError(f"could not use {os.environ['TUNEFLEET_STORAGE']}")
