@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 
 from tunefleet.errors import ConfigError, ObjectiveError
 from tunefleet.objectives._base import BuiltinObjective, cpu_count
+from tunefleet.objectives._datasets import data_root, require_dataset
 
 __all__ = [
     "THREADS_ENV",
@@ -118,3 +120,31 @@ def require_positive(objective: BuiltinObjective, *keys: str) -> None:
                 f"invalid --objective-arg {key}={objective.args[key]!r} for '{objective.name}': "
                 "must be at least 1"
             )
+
+
+class ImageObjective(BuiltinObjective):
+    """A built-in trained on one of the IDX image data sets (MNIST, FashionMNIST).
+
+    Shares the settings both image objectives have and checks, when the objective is built —
+    before any study or trial exists — that its data set is on disk, so a missing one is one
+    error, not a failed trial per worker. Subclasses set ``dataset`` and may change defaults.
+    """
+
+    dataset: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = {
+        "epochs": 10,
+        "batch_size": 128,
+        "n_train": 128 * 30,
+        "n_valid": 128 * 10,
+        "split_seed": 0,
+        "seed": -1,  # -1: derived from the study seed and the trial number
+        "n_threads": 0,  # 0: the worker's share of the CPUs
+        "device": "auto",
+        "data_dir": "",  # "": $TUNEFLEET_DATA_DIR, else ~/.cache/tunefleet/data
+    }
+
+    def __init__(self, **args: Any) -> None:
+        super().__init__(**args)
+        require_positive(self, "epochs", "batch_size", "n_train", "n_valid")
+        self.root = data_root(self.args["data_dir"])
+        require_dataset(self.dataset, self.root)

@@ -22,15 +22,15 @@ import optuna
 import torch
 from torch import nn
 
-from tunefleet.objectives._base import BuiltinObjective, WorkerContext
+from tunefleet.objectives._base import WorkerContext
 from tunefleet.objectives._common import (
+    ImageObjective,
     limit_blas_threads,
     objective_threads,
     record_trial,
-    require_positive,
     trial_seed,
 )
-from tunefleet.objectives._datasets import data_root, load_images, require_dataset
+from tunefleet.objectives._datasets import load_images
 
 __all__ = ["TorchFashionMnist", "select_device"]
 
@@ -55,31 +55,14 @@ def _device_name(device: Any) -> str:
     return str(device.type)
 
 
-class TorchFashionMnist(BuiltinObjective):
+class TorchFashionMnist(ImageObjective):
     name = "torch-fashion-mnist"
     directions = ("maximize",)
     extra = "torch"
     dataset = "fashion-mnist"
     #: The setting that picks the data split (``tunefleet rescore`` varies it).
     split_arg: ClassVar[str] = "split_seed"
-    defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 10,
-        "batch_size": 128,
-        "n_train": 128 * 30,
-        "n_valid": 128 * 10,
-        "split_seed": 0,
-        "seed": -1,  # -1: derived from the study seed and the trial number
-        "n_threads": 0,  # 0: the worker's share of the CPUs
-        "device": "auto",
-        "data_dir": "",  # "": $TUNEFLEET_DATA_DIR, else ~/.cache/tunefleet/data
-    }
-
-    def __init__(self, **args: Any) -> None:
-        super().__init__(**args)
-        require_positive(self, "epochs", "batch_size", "n_train", "n_valid")
-        # Checked here, before any study or trial exists, so a missing data set is one error.
-        self.root = data_root(self.args["data_dir"])
-        require_dataset(self.dataset, self.root)
+    defaults: ClassVar[dict[str, Any]] = {**ImageObjective.defaults}
 
     def setup(self, context: WorkerContext) -> None:
         super().setup(context)
