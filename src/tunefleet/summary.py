@@ -31,10 +31,6 @@ class StudySummary:
     lost: int = 0
     restarts: int = 0
 
-    @property
-    def n_running(self) -> int:
-        return self.states.get("RUNNING", 0)
-
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "study": self.study,

@@ -93,10 +93,6 @@ class FleetStorage:
         """The URL with its password, for handing to worker processes through the environment."""
         return self.url.render_as_string(hide_password=False)
 
-    @property
-    def engine_name(self) -> str:
-        return "fast" if isinstance(self.optuna, FastPostgresStorage) else "stock"
-
     def ask_trial(self, study: Study, worker_id: str) -> tuple[int, Trial] | None:
         """Claim a budget slot and start a trial in it; None when no slot is free.
 

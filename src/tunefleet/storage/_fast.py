@@ -200,8 +200,6 @@ class FastPostgresStorage(BaseStorage):
         self._pending: dict[int, _Pending] = {}
         self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
-        #: Round trips on the critical path, for the benchmark (ask, tell, syncs, delegated).
-        self.round_trips = 0
 
     # -- the database ------------------------------------------------------------------------
 
@@ -226,7 +224,6 @@ class FastPostgresStorage(BaseStorage):
                     if not conn.closed:
                         conn.autocommit = False
 
-        self.round_trips += 1
         return self._retrier.call(attempt)
 
     # -- the hot path -------------------------------------------------------------------------
@@ -427,7 +424,6 @@ class FastPostgresStorage(BaseStorage):
         if not batch:
             return
         self._pipeline(batch)
-        self.round_trips -= 1  # background work is not on the critical path
         with self._lock:
             for trial_id, n in taken:
                 left = self._pending.get(trial_id)

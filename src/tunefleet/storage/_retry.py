@@ -148,10 +148,6 @@ class Retrier:
     def __setstate__(self, state: dict[str, Any]) -> None:
         Retrier.__init__(self, state["wait"], state["describe"])
 
-    @property
-    def in_outage(self) -> bool:
-        return self._outage_since is not None
-
 
 class RetryingStorage(BaseStorage):
     """An Optuna storage that retries transient database failures of the storage it wraps."""
