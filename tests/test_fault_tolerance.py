@@ -76,8 +76,10 @@ def assert_exact_and_clean(url: str, study: str, n_trials: int) -> list[FrozenTr
     for t in lost:
         assert t.state == TrialState.FAIL
         assert t.number in reruns, f"lost trial {t.number} was not re-run"
-        if t.params:  # killed before its first suggest, a trial has no parameters to repeat
-            assert reruns[t.number].params == t.params
+        # A trial killed between two suggests holds only the first: the re-run repeats every
+        # parameter the lost trial got (a later one is sampled afresh, as it never was before).
+        rerun_params = reruns[t.number].params
+        assert {k: rerun_params.get(k) for k in t.params} == t.params
         assert reruns[t.number].number > t.number
     assert len({t.number for t in all_trials}) == len(all_trials)
     return all_trials
