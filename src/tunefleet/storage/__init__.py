@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from tunefleet.errors import StorageError, TunefleetError
+from tunefleet.storage import _fast_sql as fast_sql
 from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
 from tunefleet.storage._errors import translate_db_error
 from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
@@ -207,16 +208,27 @@ def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
 
 
 def _schema_ready(url: URL) -> bool:
-    """Whether Optuna's and tunefleet's tables all exist (one catalogue query, no lock)."""
+    """Whether Optuna's and tunefleet's tables (and on PostgreSQL the fast path's functions) all
+    exist: catalogue queries, no lock."""
     if url.get_backend_name() == "sqlite" and not os.path.exists(sqlite_path(url)):
         return False
     engine = create_engine(url, poolclass=NullPool, **_probe_kwargs(url))
     try:
         with engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
+            if url.get_backend_name() == "postgresql":
+                names |= set(
+                    conn.execute(
+                        text("SELECT proname FROM pg_proc WHERE proname = ANY(:names)"),
+                        {"names": list(fast_sql.FUNCTION_NAMES)},
+                    ).scalars()
+                )
+                wanted = set(fast_sql.FUNCTION_NAMES)
+            else:
+                wanted = set()
     finally:
         engine.dispose()
-    return _OPTUNA_TABLES | set(ledger_metadata.tables) <= names
+    return _OPTUNA_TABLES | set(ledger_metadata.tables) | wanted <= names
 
 
 def _probe_kwargs(url: URL) -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""Create the schema — Optuna's tables with their version records, and tunefleet's — on one
+"""Create the schema — Optuna's tables with their version records, and tunefleet's tables and
+(on PostgreSQL) the fast path's functions — on one
 connection, inside the transaction that holds the schema lock.
 
 Everything happens on the lock's own connection: behind a pooler with a small pool, a lock holder
@@ -19,6 +20,7 @@ from optuna.storages._rdb import models as optuna_models
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
+from tunefleet.storage import _fast_sql as fast_sql
 from tunefleet.storage._ledger import metadata as ledger_metadata
 
 __all__ = ["create_schema"]
@@ -38,6 +40,9 @@ def create_schema(conn: Connection) -> None:
     ledger_metadata.create_all(conn)
     for ddl in _TRIAL_INDEXES:
         conn.exec_driver_sql(ddl)
+    if conn.dialect.name == "postgresql":
+        for ddl in fast_sql.FUNCTIONS:
+            conn.exec_driver_sql(ddl)
     version_info = optuna_models.VersionInfoModel.__table__
     if conn.execute(select(version_info.c.version_info_id)).first() is None:
         conn.execute(

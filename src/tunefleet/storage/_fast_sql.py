@@ -1,0 +1,188 @@
+"""The fast path's SQL: PL/pgSQL functions created with the schema, and the calls that use them.
+
+Why functions: the statements a trial needs are a few milliseconds of *planning* on the server
+each time they arrive as text (the ask alone is a seven-part CTE) — more than they take to run.
+Client-side prepared statements would remove that, but they are session state, which a
+transaction-mode pooler (PgBouncer before 1.21, with its default settings) does not keep. A
+PL/pgSQL function's plans are cached by whichever server process runs it, so they survive any
+pooler. ``plan_cache_mode = force_generic_plan`` keeps the cache from re-planning for each
+argument value.
+
+The functions only touch Optuna's tables as ``RDBStorage`` does and tunefleet's own; stock Optuna
+never sees them. Their names carry a version: a later change gets a new name, so workers of two
+versions can share a database.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ASK", "FINISH", "FUNCTIONS", "FUNCTION_NAMES", "SYNC", "WRITE"]
+
+_ASK_FUNCTION = """
+CREATE OR REPLACE FUNCTION tunefleet_ask_v1(
+  p_study_id integer, p_worker_id text, p_token text, p_now timestamp,
+  p_worker_key text, p_worker_json text)
+RETURNS TABLE (trial_id integer, number integer, claim_id integer)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+BEGIN
+  -- RDBStorage numbers trials under this lock: numbers stay dense and ordered across both paths,
+  -- and under it max(number) + 1 is RDBStorage's count(*), read from an index in O(log n).
+  PERFORM 1 FROM studies s WHERE s.study_id = p_study_id FOR UPDATE;
+  -- A retry of an ask whose commit went through finds its slot by the token: that one is ours.
+  RETURN QUERY
+    SELECT c.trial_id, t.number, c.claim_id
+    FROM tunefleet_claims c JOIN trials t ON t.trial_id = c.trial_id
+    WHERE c.token = p_token;
+  IF FOUND THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+    WITH slot AS (
+      UPDATE tunefleet_studies ts SET n_claimed = ts.n_claimed + 1
+      WHERE ts.study_id = p_study_id
+        AND (ts.n_trials IS NULL OR ts.n_claimed < ts.n_trials)
+        AND (ts.deadline IS NULL OR ts.deadline > EXTRACT(EPOCH FROM clock_timestamp()))
+      RETURNING ts.study_id
+    ), waiting AS (  -- a queued re-run of a lost trial goes first
+      SELECT w.trial_id FROM trials w
+      WHERE w.study_id = p_study_id AND w.state = 'WAITING' AND EXISTS (SELECT 1 FROM slot)
+      ORDER BY w.number LIMIT 1 FOR UPDATE SKIP LOCKED
+    ), popped AS (
+      UPDATE trials u SET state = 'RUNNING', datetime_start = p_now
+      WHERE u.trial_id IN (SELECT trial_id FROM waiting)
+      RETURNING u.trial_id, u.number
+    ), created AS (
+      INSERT INTO trials (number, study_id, state, datetime_start)
+      SELECT (SELECT coalesce(max(n.number) + 1, 0) FROM trials n WHERE n.study_id = p_study_id),
+             p_study_id, 'RUNNING', p_now
+      FROM slot WHERE NOT EXISTS (SELECT 1 FROM waiting)
+      RETURNING trials.trial_id, trials.number
+    ), trial AS (
+      SELECT popped.trial_id, popped.number FROM popped
+      UNION ALL SELECT created.trial_id, created.number FROM created
+    ), claim AS (
+      INSERT INTO tunefleet_claims (study_id, worker_id, trial_id, claimed_at, requeue, token)
+      SELECT p_study_id, p_worker_id, trial.trial_id, EXTRACT(EPOCH FROM clock_timestamp()), 0,
+             p_token
+      FROM trial RETURNING tunefleet_claims.claim_id
+    ), tag AS (
+      INSERT INTO trial_system_attributes (trial_id, key, value_json)
+      SELECT trial.trial_id, p_worker_key, p_worker_json FROM trial
+      ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
+    )
+    SELECT trial.trial_id, trial.number, claim.claim_id FROM trial, claim;
+END $$
+"""
+
+# Every trial numbered from p_from_number on, each with everything a FrozenTrial holds.
+_SYNC_FUNCTION = """
+CREATE OR REPLACE FUNCTION tunefleet_sync_v1(p_study_id integer, p_from_number integer)
+RETURNS TABLE (trial_id integer, number integer, state text, datetime_start timestamp,
+               datetime_complete timestamp, params json, trial_values json, intermediate json,
+               user_attrs json, system_attrs json)
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+  RETURN QUERY
+    SELECT t.trial_id, t.number, t.state::text, t.datetime_start, t.datetime_complete,
+      (SELECT json_agg(json_build_array(p.param_name, p.param_value, p.distribution_json)
+                       ORDER BY p.param_id)
+         FROM trial_params p WHERE p.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(v.objective, v.value, v.value_type) ORDER BY v.objective)
+         FROM trial_values v WHERE v.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(i.step, i.intermediate_value, i.intermediate_value_type)
+                       ORDER BY i.step)
+         FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(a.key, a.value_json))
+         FROM trial_user_attributes a WHERE a.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(a.key, a.value_json))
+         FROM trial_system_attributes a WHERE a.trial_id = t.trial_id)
+    FROM trials t WHERE t.study_id = p_study_id AND t.number >= p_from_number
+    ORDER BY t.number;
+END $$
+"""
+
+# A running trial's parameters, intermediate values and attributes, all at once, and only while
+# it is still RUNNING (a trial declared lost meanwhile keeps what it had).
+_WRITE_FUNCTION = """
+CREATE OR REPLACE FUNCTION tunefleet_write_v1(
+  p_trial_id integer, p_names text[], p_values float8[], p_distributions text[],
+  p_steps integer[], p_intermediate float8[], p_intermediate_types text[],
+  p_user_keys text[], p_user_values text[], p_system_keys text[], p_system_values text[])
+RETURNS boolean
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM trials t WHERE t.trial_id = p_trial_id AND t.state = 'RUNNING')
+  THEN
+    RETURN false;
+  END IF;
+  IF cardinality(p_names) > 0 THEN
+    INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+    SELECT p_trial_id, x.n, x.v, x.d FROM unnest(p_names, p_values, p_distributions) AS x(n, v, d)
+    ON CONFLICT (trial_id, param_name) DO NOTHING;
+  END IF;
+  IF cardinality(p_steps) > 0 THEN
+    INSERT INTO trial_intermediate_values
+      (trial_id, step, intermediate_value, intermediate_value_type)
+    SELECT p_trial_id, x.s, x.v, x.k::trialintermediatevaluetype
+    FROM unnest(p_steps, p_intermediate, p_intermediate_types) AS x(s, v, k)
+    ON CONFLICT (trial_id, step) DO UPDATE
+      SET intermediate_value = EXCLUDED.intermediate_value,
+          intermediate_value_type = EXCLUDED.intermediate_value_type;
+  END IF;
+  IF cardinality(p_user_keys) > 0 THEN
+    INSERT INTO trial_user_attributes (trial_id, key, value_json)
+    SELECT p_trial_id, x.k, x.v FROM unnest(p_user_keys, p_user_values) AS x(k, v)
+    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
+  END IF;
+  IF cardinality(p_system_keys) > 0 THEN
+    INSERT INTO trial_system_attributes (trial_id, key, value_json)
+    SELECT p_trial_id, x.k, x.v FROM unnest(p_system_keys, p_system_values) AS x(k, v)
+    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
+  END IF;
+  RETURN true;
+END $$
+"""
+
+# Finish a trial and store its values, only if it is still RUNNING: one declared lost meanwhile
+# must not get values. Returns whether it did.
+_FINISH_FUNCTION = """
+CREATE OR REPLACE FUNCTION tunefleet_finish_v1(
+  p_trial_id integer, p_state text, p_now timestamp,
+  p_objectives integer[], p_values float8[], p_types text[])
+RETURNS boolean
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+  UPDATE trials t SET state = p_state::trialstate, datetime_complete = p_now
+  WHERE t.trial_id = p_trial_id AND t.state = 'RUNNING';
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  INSERT INTO trial_values (trial_id, objective, value, value_type)
+  SELECT p_trial_id, x.o, x.v, x.k::trialvaluetype
+  FROM unnest(p_objectives, p_values, p_types) AS x(o, v, k);
+  RETURN true;
+END $$
+"""
+
+FUNCTIONS = (_ASK_FUNCTION, _SYNC_FUNCTION, _WRITE_FUNCTION, _FINISH_FUNCTION)
+FUNCTION_NAMES = (
+    "tunefleet_ask_v1",
+    "tunefleet_sync_v1",
+    "tunefleet_write_v1",
+    "tunefleet_finish_v1",
+)
+
+# The calls. Arguments are cast so that psycopg's choice of types (int2 for a small int, unknown
+# for an empty list) never decides which function is called.
+ASK = """SELECT trial_id, number, claim_id FROM tunefleet_ask_v1(
+  %(study_id)s::integer, %(worker_id)s::text, %(token)s::text, %(now)s::timestamp,
+  %(worker_key)s::text, %(worker_json)s::text)"""
+SYNC = "SELECT * FROM tunefleet_sync_v1(%(study_id)s::integer, %(from_number)s::integer)"
+WRITE = """SELECT tunefleet_write_v1(
+  %(trial_id)s::integer, %(names)s::text[], %(values)s::float8[], %(distributions)s::text[],
+  %(steps)s::integer[], %(intermediate)s::float8[], %(intermediate_types)s::text[],
+  %(user_keys)s::text[], %(user_values)s::text[], %(system_keys)s::text[],
+  %(system_values)s::text[])"""
+FINISH = """SELECT tunefleet_finish_v1(
+  %(trial_id)s::integer, %(state)s::text, %(now)s::timestamp,
+  %(objectives)s::integer[], %(values)s::float8[], %(types)s::text[])"""
