@@ -14,8 +14,10 @@ delaying proxy between the workers and the server. Usage::
     python -m benchmarks.storage_throughput --trials 2000 --workers 1 2 4 8 16 \\
         --samplers random tpe --params 2 14 --rtt-ms 0 2
 
-Prints a Markdown table: trials/s (median of --repeats), statements, commits and server ms per
-trial, peak connections per worker, and the ratio to stock Optuna in the same configuration.
+Prints a Markdown table: trials/s (median of --repeats) and the ratio to stock Optuna in the same
+configuration; per trial, the statements the workers sent (``pg_stat_statements``, top level),
+commits, and CPU time of the worker processes (client) and of the server (every PostgreSQL
+process, from ``/proc``); and the peak number of connections per worker.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
+import os
 import statistics
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import optuna
 import psycopg
@@ -69,7 +74,9 @@ def _worker(
     sampler: str,
     params: int,
     barrier: mp.synchronize.Barrier,
+    cpu: Any,
 ) -> None:
+    """One worker process; adds the CPU seconds it spent after the start line to ``cpu``."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     func = objective_2 if params == 2 else objective_14
     if engine == "optuna":
@@ -78,8 +85,11 @@ def _worker(
             study_name=study, storage=storage, sampler=_sampler(sampler, index)
         )
         barrier.wait()
+        started = time.process_time()
         share = n_trials // n_workers + (1 if index < n_trials % n_workers else 0)
         loaded.optimize(func, n_trials=share)
+        with cpu.get_lock():
+            cpu.value += time.process_time() - started
         return
     from tunefleet.config import StudySpec
     from tunefleet.objectives import FunctionObjective
@@ -90,8 +100,11 @@ def _worker(
     spec = StudySpec(study=study, n_trials=n_trials, sampler=sampler, seed=index, pruner="none")
     worker = Worker(fleet_storage, spec, FunctionObjective(func, "bench", {}))
     barrier.wait()
+    started = time.process_time()
     worker.run()
     fleet_storage.close()
+    with cpu.get_lock():
+        cpu.value += time.process_time() - started
 
 
 @dataclass
@@ -99,20 +112,47 @@ class Result:
     trials_per_s: float
     statements: float
     commits: float
-    server_ms: float
+    client_cpu_ms: float
+    server_cpu_ms: float
     peak_connections: int
 
 
-def _stats(admin: psycopg.Connection, database: str) -> tuple[float, float, float]:
-    calls, exec_ms = admin.execute(
-        "SELECT coalesce(sum(calls), 0), coalesce(sum(total_exec_time), 0) "
-        "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
+def _stats(admin: psycopg.Connection, database: str) -> tuple[float, float]:
+    """Statements the clients sent (top level: not those run inside a function) and commits."""
+    calls = admin.execute(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+        "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s AND s.toplevel",
         (database,),
-    ).fetchone()  # type: ignore[misc]
+    ).fetchone()[0]  # type: ignore[index]
     commits = admin.execute(
         "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (database,)
     ).fetchone()[0]  # type: ignore[index]
-    return float(calls), float(commits), float(exec_ms)
+    return float(calls), float(commits)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu_s(server: ThrowawayPostgres) -> float:
+    """CPU seconds used by the server so far: the postmaster, its live children, and the
+    children it has reaped (backends of connections that closed)."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+
+    def times(pid: int, reaped: bool) -> tuple[int, float]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        if reaped:
+            ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+        return int(fields[1]), ticks / _TICK  # ppid, seconds
+
+    total = times(postmaster, reaped=True)[1]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(postmaster):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid, seconds = times(int(entry.name), reaped=False)
+                if ppid == postmaster:
+                    total += seconds
+    return total
 
 
 def run_one(
@@ -146,9 +186,12 @@ def run_one(
         worker_url = url.replace(f":{server.port}/", f":{port}/")
         admin.execute("SELECT pg_stat_statements_reset()")
         time.sleep(0.6)  # pg_stat_database is refreshed about every 500 ms
-        calls0, commits0, exec0 = _stats(admin, database)
+        calls0, commits0 = _stats(admin, database)
+        server0 = _server_cpu_s(server)
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(n_workers + 1)
+        # Worker CPU is counted from the start line: start-up (imports) is not per-trial work.
+        cpu = ctx.Value("d", 0.0)
         procs = [
             ctx.Process(
                 target=_worker,
@@ -162,6 +205,7 @@ def run_one(
                     sampler,
                     params,
                     barrier,
+                    cpu,
                 ),
             )
             for i in range(n_workers)
@@ -174,14 +218,16 @@ def run_one(
         for p in procs:
             p.join()
         wall = time.perf_counter() - started
+        server1 = _server_cpu_s(server)
         peak.stop()
         time.sleep(0.6)
-        calls1, commits1, exec1 = _stats(admin, database)
+        calls1, commits1 = _stats(admin, database)
     return Result(
         n_trials / wall,
         (calls1 - calls0) / n_trials,
         (commits1 - commits0) / n_trials,
-        (exec1 - exec0) / n_trials,
+        cpu.value * 1000 / n_trials,
+        (server1 - server0) * 1000 / n_trials,
         peak.value,
     )
 
@@ -240,9 +286,9 @@ def main() -> None:
             admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         print(
             "| RTT | sampler | params | W | storage | trials/s | vs stock | statements/trial | "
-            "commits/trial | server ms/trial | peak conns/worker |"
+            "commits/trial | client CPU ms/trial | server CPU ms/trial | peak conns/worker |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         tag = 0
         for rtt in args.rtt_ms:
             for sampler in args.samplers:
@@ -273,7 +319,8 @@ def main() -> None:
                             print(
                                 f"| {rtt:g} ms | {sampler} | {params} | {workers} | {engine} | "
                                 f"{rate:.1f} | {ratio} | {best.statements:.1f} | "
-                                f"{best.commits:.1f} | {best.server_ms:.2f} | "
+                                f"{best.commits:.1f} | {best.client_cpu_ms:.2f} | "
+                                f"{best.server_cpu_ms:.2f} | "
                                 f"{best.peak_connections / workers:.1f} |",
                                 flush=True,
                             )

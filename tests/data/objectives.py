@@ -15,6 +15,14 @@ def quadratic(trial: optuna.Trial) -> float:
     return (x - 2) ** 2 + y**2
 
 
+def wide(trial: optuna.Trial) -> float:
+    """Fourteen parameters of every kind, as the tutorial's XGBoost space has."""
+    total = sum(trial.suggest_float(f"f{i}", -1, 1) ** 2 for i in range(10))
+    total += trial.suggest_int("i", 0, 10) + trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    total += len(trial.suggest_categorical("c", ["a", "bb", "ccc"]))
+    return total + trial.suggest_int("step", 1, 9, step=2)
+
+
 def scaled(trial: optuna.Trial, scale: float = 1.0, offset: int = 0) -> float:
     x = trial.suggest_float("x", -1, 1)
     return scale * x * x + offset

@@ -11,10 +11,13 @@ trip. Here a worker's trial costs:
    ``constant_liar``) see them, and a re-run after a crash repeats them;
 3. **tell** — one pipelined transaction: any writes still pending, then the state and values.
 
+The statements are calls of PL/pgSQL functions (:mod:`tunefleet.storage._fast_sql`), whose plans
+the server caches, instead of SQL text that it would plan anew each time.
+
 Reads are served from a per-process cache of the study's trials. Finished trials never change,
-so a sync reads only trials numbered from the oldest unfinished one on: its cost follows the
-number of running trials, not the size of the study. Trial numbers are assigned under a lock on
-the study's row (as ``RDBStorage`` does), so they appear in order, without gaps.
+so a sync reads only trials that are new to this process and those it last saw unfinished: its
+cost follows the number of running trials, not the size of the study. Trial numbers are assigned
+under a lock on the study's row (as ``RDBStorage`` does), so they appear in order, without gaps.
 
 Everything else is delegated to the stock storage, so the tables, and what stock Optuna and
 optuna-dashboard see, are exactly Optuna's.
@@ -128,11 +131,16 @@ class _StudyCache:
     trials: dict[int, FrozenTrial] = field(default_factory=dict)  # by number
     unfinished: set[int] = field(default_factory=set)  # numbers of cached trials that may change
     next_number: int = 0
-    # Set by ask(), whose pipeline has just read every changed trial: the sampler's read that
-    # follows at once (building the Trial) is served from memory. Any other read syncs first.
+    # Set once anything reads the study's trials (TPE does on every trial; RandomSampler never
+    # does): from then on each ask's pipeline brings the changes along.
+    read: bool = False
+    # Set by an ask whose pipeline has just read every changed trial: the sampler's read that
+    # follows at once is served from memory. Any other read syncs first.
     fresh: bool = False
 
     def put(self, trial: FrozenTrial) -> None:
+        """Only for trials read by a sync (or already in the cache): ``next_number`` promises
+        that every trial below it is here."""
         self.trials[trial.number] = trial
         if trial.state.is_finished():
             self.unfinished.discard(trial.number)
@@ -140,10 +148,16 @@ class _StudyCache:
             self.unfinished.add(trial.number)
         self.next_number = max(self.next_number, trial.number + 1)
 
-    def from_number(self) -> int:
-        """Where a sync starts: finished trials never change, so nothing before the oldest
-        unfinished one needs reading again."""
-        return min(self.unfinished) if self.unfinished else self.next_number
+    def sync_args(self, study_id: int) -> dict[str, Any]:
+        """What a sync reads: trials new to this cache, and those it holds unfinished. Finished
+        trials never change, so they are read once."""
+        unfinished = sorted(self.unfinished)
+        return {
+            "study_id": study_id,
+            "oldest": unfinished[0] if unfinished else self.next_number,
+            "from_number": self.next_number,
+            "unfinished": unfinished,
+        }
 
 
 class FastPostgresStorage(BaseStorage):
@@ -185,15 +199,14 @@ class FastPostgresStorage(BaseStorage):
             with self._engine.connect() as sa_conn:
                 conn = sa_conn.connection.driver_connection
                 assert conn is not None
-                # BEGIN and COMMIT travel in the pipeline with the statements, so the whole
-                # transaction is one network round trip (psycopg's transaction() would add two).
+                # Everything up to a Sync message is one transaction for the server, and the
+                # pipeline sends a single Sync when the block ends: the statements commit or fail
+                # together, in one network round trip, with no BEGIN or COMMIT to send (which
+                # psycopg's transaction() would add as two more round trips).
                 conn.autocommit = True
                 try:
-                    # Leaving the block sends one Sync and waits once: the single round trip.
                     with conn.pipeline():
-                        conn.execute(b"BEGIN")
                         cursors = [conn.execute(text.encode(), args) for text, args in statements]
-                        conn.execute(b"COMMIT")
                     return [cur.fetchall() if cur.description else [] for cur in cursors]
                 finally:
                     _hand_back(sa_conn, conn)
@@ -215,18 +228,23 @@ class FastPostgresStorage(BaseStorage):
             "worker_json": json.dumps(worker_id),
         }
         cache = self._cache(study_id)
+        statements = [(sql.ASK, params)]
         with self._lock:
-            from_number = cache.from_number()
-        sync = {"study_id": study_id, "from_number": from_number}
-        # The function takes the slot (or finds the one a retried ask took), the sync reads what
-        # changed, this new trial included: one transaction, one round trip.
-        taken, changed = self._pipeline([(sql.ASK, params), (sql.SYNC, sync)])
-        self._apply_sync(study_id, changed, fresh=True)
-        if not taken:
+            if cache.read:
+                statements.append((sql.SYNC, cache.sync_args(study_id)))
+        # The function takes the slot (or finds the one a retried ask took) and returns the
+        # trial; a sampler that reads the study gets what changed in the same transaction and
+        # round trip. One that does not (RandomSampler) costs the same at any number of workers.
+        rows = self._pipeline(statements)
+        if len(rows) > 1:
+            self._apply_sync(study_id, rows[1], fresh=True)
+        if not rows[0]:
             return None
-        trial_id, number, claim_id = taken[0]
+        claim_id, *trial_row = rows[0][0]
+        trial = _frozen_trial(trial_row)
+        trial_id = trial._trial_id
         with self._lock:
-            self._owned[trial_id] = _copy_trial(cache.trials[number])
+            self._owned[trial_id] = trial
             self._owned_study[trial_id] = study_id
             self._pending[trial_id] = _Pending()
         self._ensure_flusher()
@@ -333,7 +351,8 @@ class FastPostgresStorage(BaseStorage):
                 owned.values = [float(v) for v in values] if values is not None else None
                 owned.datetime_complete = datetime.datetime.now()
                 self._finished[trial_id] = owned
-                cache.put(owned)
+                if owned.number in cache.trials:  # known to the cache: it need not read it again
+                    cache.put(owned)
             cache.fresh = False
         if not finished:
             raise optuna.exceptions.UpdateFinishedTrialError(
@@ -413,12 +432,13 @@ class FastPostgresStorage(BaseStorage):
     def _sync(self, study_id: int) -> _StudyCache:
         cache = self._cache(study_id)
         with self._lock:
+            cache.read = True
             if cache.fresh:
                 cache.fresh = False
                 return cache
         with self._lock:
-            from_number = cache.from_number()
-        rows = self._pipeline([(sql.SYNC, {"study_id": study_id, "from_number": from_number})])
+            sync = cache.sync_args(study_id)
+        rows = self._pipeline([(sql.SYNC, sync)])
         self._apply_sync(study_id, rows[0])
         return cache
 

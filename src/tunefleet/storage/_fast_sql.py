@@ -17,26 +17,42 @@ from __future__ import annotations
 
 __all__ = ["ASK", "FINISH", "FUNCTIONS", "FUNCTION_NAMES", "SYNC", "WRITE"]
 
-_ASK_FUNCTION = """
+# A trial as one row holding everything a FrozenTrial does, for ``FROM trials t``.
+_TRIAL_ROW = """t.trial_id, t.number, t.state::text, t.datetime_start, t.datetime_complete,
+      (SELECT json_agg(json_build_array(p.param_name, p.param_value, p.distribution_json)
+                       ORDER BY p.param_id)
+         FROM trial_params p WHERE p.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(v.objective, v.value, v.value_type) ORDER BY v.objective)
+         FROM trial_values v WHERE v.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(i.step, i.intermediate_value, i.intermediate_value_type)
+                       ORDER BY i.step)
+         FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(a.key, a.value_json))
+         FROM trial_user_attributes a WHERE a.trial_id = t.trial_id),
+      (SELECT json_agg(json_build_array(a.key, a.value_json))
+         FROM trial_system_attributes a WHERE a.trial_id = t.trial_id)"""
+_TRIAL_ROW_TYPE = """trial_id integer, number integer, state text, datetime_start timestamp,
+  datetime_complete timestamp, params json, trial_values json, intermediate json,
+  user_attrs json, system_attrs json"""
+
+_ASK_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION tunefleet_ask_v1(
   p_study_id integer, p_worker_id text, p_token text, p_now timestamp,
   p_worker_key text, p_worker_json text)
-RETURNS TABLE (trial_id integer, number integer, claim_id integer)
+RETURNS TABLE (claim_id integer, {_TRIAL_ROW_TYPE})
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
+DECLARE
+  v_claim integer;
+  v_trial integer;
 BEGIN
   -- RDBStorage numbers trials under this lock: numbers stay dense and ordered across both paths,
   -- and under it max(number) + 1 is RDBStorage's count(*), read from an index in O(log n).
   PERFORM 1 FROM studies s WHERE s.study_id = p_study_id FOR UPDATE;
   -- A retry of an ask whose commit went through finds its slot by the token: that one is ours.
-  RETURN QUERY
-    SELECT c.trial_id, t.number, c.claim_id
-    FROM tunefleet_claims c JOIN trials t ON t.trial_id = c.trial_id
-    WHERE c.token = p_token;
-  IF FOUND THEN
-    RETURN;
-  END IF;
-  RETURN QUERY
+  SELECT c.claim_id, c.trial_id INTO v_claim, v_trial
+  FROM tunefleet_claims c WHERE c.token = p_token;
+  IF NOT FOUND THEN
     WITH slot AS (
       UPDATE tunefleet_studies ts SET n_claimed = ts.n_claimed + 1
       WHERE ts.study_id = p_study_id
@@ -70,33 +86,30 @@ BEGIN
       SELECT trial.trial_id, p_worker_key, p_worker_json FROM trial
       ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
     )
-    SELECT trial.trial_id, trial.number, claim.claim_id FROM trial, claim;
+    SELECT claim.claim_id, trial.trial_id INTO v_claim, v_trial FROM trial, claim;
+  END IF;
+  -- The trial itself, as the sync reads it: a queued re-run has parameters and attributes.
+  RETURN QUERY SELECT v_claim, {_TRIAL_ROW} FROM trials t WHERE t.trial_id = v_trial;
 END $$
 """
 
-# Every trial numbered from p_from_number on, each with everything a FrozenTrial holds.
-_SYNC_FUNCTION = """
-CREATE OR REPLACE FUNCTION tunefleet_sync_v1(p_study_id integer, p_from_number integer)
-RETURNS TABLE (trial_id integer, number integer, state text, datetime_start timestamp,
-               datetime_complete timestamp, params json, trial_values json, intermediate json,
-               user_attrs json, system_attrs json)
+# Every trial that may have changed since a worker last looked — those numbered from p_from_number
+# on (new to it) and those it last saw unfinished — with everything a FrozenTrial holds.
+_SYNC_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION tunefleet_sync_v1(
+  p_study_id integer, p_oldest integer, p_from_number integer, p_unfinished integer[])
+RETURNS TABLE ({_TRIAL_ROW_TYPE})
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
   RETURN QUERY
-    SELECT t.trial_id, t.number, t.state::text, t.datetime_start, t.datetime_complete,
-      (SELECT json_agg(json_build_array(p.param_name, p.param_value, p.distribution_json)
-                       ORDER BY p.param_id)
-         FROM trial_params p WHERE p.trial_id = t.trial_id),
-      (SELECT json_agg(json_build_array(v.objective, v.value, v.value_type) ORDER BY v.objective)
-         FROM trial_values v WHERE v.trial_id = t.trial_id),
-      (SELECT json_agg(json_build_array(i.step, i.intermediate_value, i.intermediate_value_type)
-                       ORDER BY i.step)
-         FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id),
-      (SELECT json_agg(json_build_array(a.key, a.value_json))
-         FROM trial_user_attributes a WHERE a.trial_id = t.trial_id),
-      (SELECT json_agg(json_build_array(a.key, a.value_json))
-         FROM trial_system_attributes a WHERE a.trial_id = t.trial_id)
-    FROM trials t WHERE t.study_id = p_study_id AND t.number >= p_from_number
+    SELECT {_TRIAL_ROW}
+    FROM trials t
+    -- One index range scan from the oldest trial that may have changed; the filter drops the
+    -- finished ones in between before their parameters and values are gathered. (The plan is
+    -- generic, made once: a condition the index cannot take on its own would be a scan of the
+    -- whole study, so the range is spelled out.)
+    WHERE t.study_id = p_study_id AND t.number >= p_oldest
+      AND (t.number >= p_from_number OR t.number = ANY(p_unfinished))
     ORDER BY t.number;
 END $$
 """
@@ -174,10 +187,11 @@ FUNCTION_NAMES = (
 
 # The calls. Arguments are cast so that psycopg's choice of types (int2 for a small int, unknown
 # for an empty list) never decides which function is called.
-ASK = """SELECT trial_id, number, claim_id FROM tunefleet_ask_v1(
+ASK = """SELECT * FROM tunefleet_ask_v1(
   %(study_id)s::integer, %(worker_id)s::text, %(token)s::text, %(now)s::timestamp,
   %(worker_key)s::text, %(worker_json)s::text)"""
-SYNC = "SELECT * FROM tunefleet_sync_v1(%(study_id)s::integer, %(from_number)s::integer)"
+SYNC = """SELECT * FROM tunefleet_sync_v1(%(study_id)s::integer, %(oldest)s::integer,
+  %(from_number)s::integer, %(unfinished)s::integer[])"""
 WRITE = """SELECT tunefleet_write_v1(
   %(trial_id)s::integer, %(names)s::text[], %(values)s::float8[], %(distributions)s::text[],
   %(steps)s::integer[], %(intermediate)s::float8[], %(intermediate_types)s::text[],

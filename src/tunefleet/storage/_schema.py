@@ -27,7 +27,7 @@ __all__ = ["create_schema"]
 
 
 # Indexes on Optuna's trials table for the queries tunefleet runs on every trial: finding a queued
-# re-run (state = 'WAITING') and reading the trials numbered from the oldest unfinished one. Extra
+# re-run (state = 'WAITING'), numbering a new trial, and reading trials by number. Extra
 # indexes change nothing for stock Optuna; without them both queries scan the study's trials.
 _TRIAL_INDEXES = (
     "CREATE INDEX IF NOT EXISTS tunefleet_ix_trials_study_state ON trials (study_id, state)",
