@@ -17,7 +17,8 @@ delaying proxy between the workers and the server. Usage::
 Prints a Markdown table: trials/s (median of --repeats) and the ratio to stock Optuna in the same
 configuration; per trial, the statements the workers sent (``pg_stat_statements``, top level),
 commits, and CPU time of the worker processes (client) and of the server (every PostgreSQL
-process, from ``/proc``); and the peak number of connections per worker.
+process, from ``/proc``); the peak number of connections per worker; and the fleet's time per
+trial over the study's first and last 100 trials (how the cost grows with the study's size).
 """
 
 from __future__ import annotations
@@ -115,6 +116,28 @@ class Result:
     client_cpu_ms: float
     server_cpu_ms: float
     peak_connections: int
+    first_ms: float  # fleet-wide time per trial over the study's first 100 trials
+    last_ms: float  # ... and over its last 100: the growth of the per-trial cost with its size
+
+
+def _growth(url: str) -> tuple[float, float]:
+    """Time per completed trial over the first and the last 100 completions of the study."""
+    with psycopg.connect(url) as conn:
+        done = [
+            row[0]
+            for row in conn.execute(
+                "SELECT datetime_complete FROM trials WHERE datetime_complete IS NOT NULL "
+                "ORDER BY datetime_complete"
+            )
+        ]
+    window = min(100, len(done) // 2 - 1)
+    if window < 1:
+        return float("nan"), float("nan")
+
+    def per_trial(a: int, b: int) -> float:
+        return (done[b] - done[a]).total_seconds() * 1000 / (b - a)
+
+    return per_trial(0, window), per_trial(len(done) - 1 - window, len(done) - 1)
 
 
 def _stats(admin: psycopg.Connection, database: str) -> tuple[float, float]:
@@ -222,6 +245,7 @@ def run_one(
         peak.stop()
         time.sleep(0.6)
         calls1, commits1 = _stats(admin, database)
+    first_ms, last_ms = _growth(url)
     return Result(
         n_trials / wall,
         (calls1 - calls0) / n_trials,
@@ -229,6 +253,8 @@ def run_one(
         cpu.value * 1000 / n_trials,
         (server1 - server0) * 1000 / n_trials,
         peak.value,
+        first_ms,
+        last_ms,
     )
 
 
@@ -286,9 +312,10 @@ def main() -> None:
             admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         print(
             "| RTT | sampler | params | W | storage | trials/s | vs stock | statements/trial | "
-            "commits/trial | client CPU ms/trial | server CPU ms/trial | peak conns/worker |"
+            "commits/trial | client CPU ms/trial | server CPU ms/trial | peak conns/worker | "
+            "ms/trial, first 100 | ms/trial, last 100 |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         tag = 0
         for rtt in args.rtt_ms:
             for sampler in args.samplers:
@@ -321,7 +348,8 @@ def main() -> None:
                                 f"{rate:.1f} | {ratio} | {best.statements:.1f} | "
                                 f"{best.commits:.1f} | {best.client_cpu_ms:.2f} | "
                                 f"{best.server_cpu_ms:.2f} | "
-                                f"{best.peak_connections / workers:.1f} |",
+                                f"{best.peak_connections / workers:.1f} | "
+                                f"{best.first_ms:.2f} | {best.last_ms:.2f} |",
                                 flush=True,
                             )
     finally:

@@ -69,6 +69,12 @@ def _hand_back(sa_conn: Connection, conn: psycopg.Connection[Any]) -> None:
         sa_conn.invalidate()
 
 
+def _json(value: Any) -> str:
+    """Strict JSON for the functions: an infinity or NaN has no JSON spelling, and none can
+    reach here (Optuna's stored forms turn them into NULL and a type)."""
+    return json.dumps(value, allow_nan=False)
+
+
 def _utcnow() -> datetime.datetime:
     """Naive UTC, as RDBStorage stores trial datetimes."""
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
@@ -108,22 +114,13 @@ class _Pending:
                     del part[key]
 
     def statement(self, trial_id: int) -> tuple[str, dict[str, Any]]:
-        return (
-            sql.WRITE,
-            {
-                "trial_id": trial_id,
-                "names": list(self.params),
-                "values": [v for v, _ in self.params.values()],
-                "distributions": [d for _, d in self.params.values()],
-                "steps": list(self.intermediate),
-                "intermediate": [v for v, _ in self.intermediate.values()],
-                "intermediate_types": [k for _, k in self.intermediate.values()],
-                "user_keys": list(self.user_attrs),
-                "user_values": list(self.user_attrs.values()),
-                "system_keys": list(self.system_attrs),
-                "system_values": list(self.system_attrs.values()),
-            },
-        )
+        writes = {
+            "params": [[name, *value] for name, value in self.params.items()],
+            "intermediate": [[step, *value] for step, value in self.intermediate.items()],
+            "user": list(self.user_attrs.items()),
+            "system": list(self.system_attrs.items()),
+        }
+        return sql.WRITE, {"trial_id": trial_id, "writes": _json(writes)}
 
 
 @dataclass
@@ -263,7 +260,7 @@ class FastPostgresStorage(BaseStorage):
                 owned.params[param_name] = distribution.to_external_repr(param_value_internal)
                 owned.distributions[param_name] = distribution
                 self._pending[trial_id].params[param_name] = (
-                    float(param_value_internal),
+                    param_value_internal,
                     distribution_to_json(distribution),
                 )
                 return
@@ -333,9 +330,7 @@ class FastPostgresStorage(BaseStorage):
                     "trial_id": trial_id,
                     "state": state.name,
                     "now": _utcnow(),
-                    "objectives": list(range(len(stored))),
-                    "values": [v for v, _ in stored],
-                    "types": [kind.name for _, kind in stored],
+                    "values": _json([[i, v, kind.name] for i, (v, kind) in enumerate(stored)]),
                 },
             )
         )

@@ -115,12 +115,12 @@ END $$
 """
 
 # A running trial's parameters, intermediate values and attributes, all at once, and only while
-# it is still RUNNING (a trial declared lost meanwhile keeps what it had).
+# it is still RUNNING (a trial declared lost meanwhile keeps what it had). They come as one JSON
+# document: {"params": [[name, value, distribution_json]], "intermediate": [[step, value, type]],
+# "user": [[key, value_json]], "system": [[key, value_json]]} — for the client, one json.dumps
+# instead of ten arrays to encode element by element.
 _WRITE_FUNCTION = """
-CREATE OR REPLACE FUNCTION tunefleet_write_v1(
-  p_trial_id integer, p_names text[], p_values float8[], p_distributions text[],
-  p_steps integer[], p_intermediate float8[], p_intermediate_types text[],
-  p_user_keys text[], p_user_values text[], p_system_keys text[], p_system_values text[])
+CREATE OR REPLACE FUNCTION tunefleet_write_v1(p_trial_id integer, p_writes json)
 RETURNS boolean
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
@@ -128,40 +128,32 @@ BEGIN
   THEN
     RETURN false;
   END IF;
-  IF cardinality(p_names) > 0 THEN
-    INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
-    SELECT p_trial_id, x.n, x.v, x.d FROM unnest(p_names, p_values, p_distributions) AS x(n, v, d)
-    ON CONFLICT (trial_id, param_name) DO NOTHING;
-  END IF;
-  IF cardinality(p_steps) > 0 THEN
-    INSERT INTO trial_intermediate_values
-      (trial_id, step, intermediate_value, intermediate_value_type)
-    SELECT p_trial_id, x.s, x.v, x.k::trialintermediatevaluetype
-    FROM unnest(p_steps, p_intermediate, p_intermediate_types) AS x(s, v, k)
-    ON CONFLICT (trial_id, step) DO UPDATE
-      SET intermediate_value = EXCLUDED.intermediate_value,
-          intermediate_value_type = EXCLUDED.intermediate_value_type;
-  END IF;
-  IF cardinality(p_user_keys) > 0 THEN
-    INSERT INTO trial_user_attributes (trial_id, key, value_json)
-    SELECT p_trial_id, x.k, x.v FROM unnest(p_user_keys, p_user_values) AS x(k, v)
-    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
-  END IF;
-  IF cardinality(p_system_keys) > 0 THEN
-    INSERT INTO trial_system_attributes (trial_id, key, value_json)
-    SELECT p_trial_id, x.k, x.v FROM unnest(p_system_keys, p_system_values) AS x(k, v)
-    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
-  END IF;
+  INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+  SELECT p_trial_id, x->>0, (x->>1)::float8, x->>2
+  FROM json_array_elements(p_writes->'params') AS x
+  ON CONFLICT (trial_id, param_name) DO NOTHING;
+  INSERT INTO trial_intermediate_values
+    (trial_id, step, intermediate_value, intermediate_value_type)
+  SELECT p_trial_id, (x->>0)::integer, (x->>1)::float8, (x->>2)::trialintermediatevaluetype
+  FROM json_array_elements(p_writes->'intermediate') AS x
+  ON CONFLICT (trial_id, step) DO UPDATE
+    SET intermediate_value = EXCLUDED.intermediate_value,
+        intermediate_value_type = EXCLUDED.intermediate_value_type;
+  INSERT INTO trial_user_attributes (trial_id, key, value_json)
+  SELECT p_trial_id, x->>0, x->>1 FROM json_array_elements(p_writes->'user') AS x
+  ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
+  INSERT INTO trial_system_attributes (trial_id, key, value_json)
+  SELECT p_trial_id, x->>0, x->>1 FROM json_array_elements(p_writes->'system') AS x
+  ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
   RETURN true;
 END $$
 """
 
-# Finish a trial and store its values, only if it is still RUNNING: one declared lost meanwhile
-# must not get values. Returns whether it did.
+# Finish a trial and store its values ([[objective, value, type]], JSON as above), only if it is
+# still RUNNING: one declared lost meanwhile must not get values. Returns whether it did.
 _FINISH_FUNCTION = """
 CREATE OR REPLACE FUNCTION tunefleet_finish_v1(
-  p_trial_id integer, p_state text, p_now timestamp,
-  p_objectives integer[], p_values float8[], p_types text[])
+  p_trial_id integer, p_state text, p_now timestamp, p_values json)
 RETURNS boolean
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
@@ -171,8 +163,8 @@ BEGIN
     RETURN false;
   END IF;
   INSERT INTO trial_values (trial_id, objective, value, value_type)
-  SELECT p_trial_id, x.o, x.v, x.k::trialvaluetype
-  FROM unnest(p_objectives, p_values, p_types) AS x(o, v, k);
+  SELECT p_trial_id, (x->>0)::integer, (x->>1)::float8, (x->>2)::trialvaluetype
+  FROM json_array_elements(p_values) AS x;
   RETURN true;
 END $$
 """
@@ -185,18 +177,13 @@ FUNCTION_NAMES = (
     "tunefleet_finish_v1",
 )
 
-# The calls. Arguments are cast so that psycopg's choice of types (int2 for a small int, unknown
-# for an empty list) never decides which function is called.
+# The calls. Arguments are cast so that psycopg's choice of types (int2 for a small int, say)
+# never decides which function is called.
 ASK = """SELECT * FROM tunefleet_ask_v1(
   %(study_id)s::integer, %(worker_id)s::text, %(token)s::text, %(now)s::timestamp,
   %(worker_key)s::text, %(worker_json)s::text)"""
 SYNC = """SELECT * FROM tunefleet_sync_v1(%(study_id)s::integer, %(oldest)s::integer,
   %(from_number)s::integer, %(unfinished)s::integer[])"""
-WRITE = """SELECT tunefleet_write_v1(
-  %(trial_id)s::integer, %(names)s::text[], %(values)s::float8[], %(distributions)s::text[],
-  %(steps)s::integer[], %(intermediate)s::float8[], %(intermediate_types)s::text[],
-  %(user_keys)s::text[], %(user_values)s::text[], %(system_keys)s::text[],
-  %(system_values)s::text[])"""
+WRITE = "SELECT tunefleet_write_v1(%(trial_id)s::integer, %(writes)s::json)"
 FINISH = """SELECT tunefleet_finish_v1(
-  %(trial_id)s::integer, %(state)s::text, %(now)s::timestamp,
-  %(objectives)s::integer[], %(values)s::float8[], %(types)s::text[])"""
+  %(trial_id)s::integer, %(state)s::text, %(now)s::timestamp, %(values)s::json)"""
