@@ -207,6 +207,11 @@ def run_one(
         psycopg.connect(admin_url, autocommit=True) as admin,
     ):
         worker_url = url.replace(f":{server.port}/", f":{port}/")
+        # The set-up's connections are gone before the count of peak connections starts.
+        while admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.05)
         admin.execute("SELECT pg_stat_statements_reset()")
         time.sleep(0.6)  # pg_stat_database is refreshed about every 500 ms
         calls0, commits0 = _stats(admin, database)
