@@ -431,7 +431,6 @@ class FastPostgresStorage(BaseStorage):
             if cache.fresh:
                 cache.fresh = False
                 return cache
-        with self._lock:
             sync = cache.sync_args(study_id)
         rows = self._pipeline([(sql.SYNC, sync)])
         self._apply_sync(study_id, rows[0])
