@@ -15,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from tunefleet.recovery import requeue_trial
 from tunefleet.storage import open_storage
 
 from .conftest import DATA, clean_env, tunefleet
@@ -78,8 +79,12 @@ def assert_exact_and_clean(url: str, study: str, n_trials: int) -> list[FrozenTr
         assert t.number in reruns, f"lost trial {t.number} was not re-run"
         # A trial killed between two suggests holds only the first: the re-run repeats every
         # parameter the lost trial got (a later one is sampled afresh, as it never was before).
-        rerun_params = reruns[t.number].params
-        assert {k: rerun_params.get(k) for k in t.params} == t.params
+        # A re-run lost in turn hands them on: the first re-run that finished has them all.
+        rerun = reruns[t.number]
+        while "tunefleet:lost" in rerun.system_attrs:
+            assert rerun.number in reruns, f"lost re-run {rerun.number} was not re-run"
+            rerun = reruns[rerun.number]
+        assert {k: rerun.params.get(k) for k in t.params} == t.params
         assert reruns[t.number].number > t.number
     assert len({t.number for t in all_trials}) == len(all_trials)
     return all_trials
@@ -306,3 +311,28 @@ def test_recovery_settings_are_validated(flag: str) -> None:
     result = tunefleet("worker", f"{OBJ}:quadratic", flag, "0.01" if "grace" in flag else "-1")
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: invalid {flag}")
+
+
+def test_a_lost_rerun_hands_on_every_parameter_it_was_given(storage_url: str) -> None:
+    """A re-run killed after its first suggest holds one of the two parameters it was given;
+    its own re-run must get both, not sample the second afresh."""
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.create_study(study_name="chain", storage=storage.optuna)
+        storage.ledger.ensure_study(study._study_id, 5, None)
+        study.enqueue_trial({"x": 0.25, "y": 7})
+        taken = storage.ask_trial(study, "worker-a")
+        assert taken is not None
+        claim_id, trial = taken
+        assert trial.suggest_float("x", 0, 1) == 0.25  # killed here, before suggesting y
+        storage.ledger.mark_requeue(claim_id)
+        rerun_id = requeue_trial(
+            storage, study._study_id, claim_id, trial._trial_id, lost_reason="killed"
+        )
+        assert rerun_id is not None
+        rerun = storage.optuna.get_trial(rerun_id)
+        assert rerun.state == TrialState.WAITING
+        assert rerun.system_attrs["fixed_params"] == {"x": 0.25, "y": 7}
+        assert rerun.system_attrs["tunefleet:retry_of"] == trial.number
+    finally:
+        storage.close()

@@ -62,10 +62,13 @@ def requeue_trial(
         attempt = int(trial.system_attrs.get(ATTEMPT_ATTR, 1))
         if lost_reason is None:
             attempt += 1  # a lost trial is not a failed attempt of its parameters
+        # A re-run that was itself lost before its last suggest holds only some of the
+        # parameters it was given: the rest are still in its own fixed_params.
+        fixed = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
         template = optuna.trial.create_trial(
             state=TrialState.WAITING,
             system_attrs={
-                "fixed_params": trial.params,
+                "fixed_params": fixed,
                 RETRY_OF_ATTR: trial.number,
                 ATTEMPT_ATTR: attempt,
             },
