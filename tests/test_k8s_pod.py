@@ -127,8 +127,11 @@ def test_rendered_pods_join_a_postgres_study_and_finish_it(pg_url: str) -> None:
     results = [exited(pod, timeout=120) for pod in pods]
     for code, out in results:
         assert code == 0, out  # 0: the study is done, the only success a work-queue Job counts
-        assert "joined study pod-contract" in out
+        # A pod that starts after the others spent the budget finds the study done: that is
+        # what a late or replacement pod does, and a success too.
+        assert "joined study pod-contract" in out or "is already done" in out, out
         assert PASSWORD not in out
+    assert any("joined study pod-contract" in out for _, out in results)
 
     storage = open_storage(url)
     try:
