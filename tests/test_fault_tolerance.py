@@ -111,8 +111,13 @@ def _kill_and_recover(storage_url: str, *options: str) -> None:
     ]
     doomed = spawn("worker", f"{OBJ}:sleepy", *study, env={"SLEEP_S": "60"})
     seen: list[FrozenTrial] = []
+    # Kill it inside its sleep, once both parameters are stored: the re-run must repeat them all.
     wait_for(
-        lambda: bool(seen.extend(running(storage_url, "kill9")) or seen), what="a running trial"
+        lambda: (
+            bool(seen.extend(t for t in running(storage_url, "kill9") if "y" in t.params))
+            or bool(seen)
+        ),
+        what="a running trial with both parameters",
     )
     doomed.kill()
     doomed.wait()
