@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 class PgBouncer:
-    def __init__(self, server_url: str) -> None:
+    def __init__(self, server_url: str, pool_size: int = 4, query_wait_timeout: int = 120) -> None:
         binary = find_pgbouncer()
         if binary is None:
             raise RuntimeError("pgbouncer not found (Debian: apt-get install pgbouncer)")
@@ -44,6 +44,8 @@ class PgBouncer:
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="tunefleet-pgbouncer-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pool_size = pool_size
+        self.query_wait_timeout = query_wait_timeout
 
     def start(self) -> PgBouncer:
         ini = self.root / "pgbouncer.ini"
@@ -59,7 +61,10 @@ class PgBouncer:
             "pool_mode = transaction\n"
             # Each test has its own database, hence its own pool: keep pools small and let idle
             # server connections go quickly, or they add up past the server's max_connections.
-            "max_client_conn = 500\ndefault_pool_size = 4\nmax_db_connections = 6\n"
+            f"max_client_conn = 500\ndefault_pool_size = {self.pool_size}\n"
+            f"max_db_connections = {self.pool_size + 2 if self.pool_size > 1 else 1}\n"
+            # How long a client waits for a server connection before PgBouncer drops it.
+            f"query_wait_timeout = {self.query_wait_timeout}\n"
             "server_idle_timeout = 2\nserver_lifetime = 60\n"
             "server_reset_query =\n"
             "ignore_startup_parameters = extra_float_digits,options\n"

@@ -10,14 +10,17 @@ import optuna
 import pytest
 from optuna.storages import BaseStorage
 from optuna.testing.pytest_storages import StorageTestCase
-from sqlalchemy import inspect
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, inspect, text
 
 from tunefleet.config import StudySpec
+from tunefleet.errors import StorageError
 from tunefleet.objectives import load_objective
 from tunefleet.storage import open_storage
 from tunefleet.study import open_study
 
-from .conftest import DATA
+from .conftest import DATA, tunefleet
+from .pgbouncer import PgBouncer
 
 
 def _open_and_create(url: str, barrier: mp.synchronize.Barrier, queue: mp.Queue[str]) -> None:
@@ -55,6 +58,42 @@ def test_eight_workers_start_at_once_on_an_empty_database(storage_url: str) -> N
         "tunefleet_claims",
         "tunefleet_workers",
     } <= names
+
+
+def test_a_fleet_needs_one_server_connection_at_a_time(pg_url: str, pg_admin_url: str) -> None:
+    """Nothing tunefleet does holds a transaction open while it waits for a second connection.
+
+    Behind a transaction-mode pooler whose server connections are all taken, such a wait lasts
+    until the pooler gives up. With one server connection the first wait would; stock Optuna's
+    own schema check (a session open while it reads the version on another connection) did.
+    """
+    bouncer = PgBouncer(pg_admin_url, pool_size=1, query_wait_timeout=15).start()
+    try:
+        url = bouncer.url(pg_url.rpartition("/")[2])
+        args = ["run", f"{DATA / 'objectives.py'}:quadratic", "--storage", url, "--json"]
+        result = tunefleet(*args, "--study", "one", "--n-trials", "20", "--workers", "3")
+        assert result.returncode == 0, result.stderr
+        stock = optuna.load_study(study_name="one", storage=pg_url)
+        assert len(stock.get_trials(states=[TrialState.COMPLETE])) == 20
+    finally:
+        bouncer.close()
+
+
+def test_tables_from_another_optuna_version_get_a_clear_error(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    open_storage(storage_url).close()
+    engine = create_engine(storage_url)
+    with engine.begin() as conn:  # as `optuna storage upgrade` would find an old schema
+        conn.execute(text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    engine.dispose()
+    with pytest.raises(StorageError, match=r"optuna storage upgrade --storage URL") as error:
+        open_storage(storage_url)
+    assert "schema v3.0.0.d" in str(error.value)
+    result = tunefleet("worker", f"{DATA / 'objectives.py'}:quadratic", "--storage", storage_url)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "made by another Optuna version" in result.stderr
 
 
 @pytest.fixture

@@ -161,11 +161,6 @@ def open_storage(
     except TunefleetError:
         raise
     except RuntimeError as exc:
-        if "optuna storage upgrade" in str(exc):
-            raise StorageError(
-                f"the study tables in {display_url(url)} were made by another Optuna version: "
-                "run `optuna storage upgrade --storage URL`, or use a matching tunefleet"
-            ) from exc
         raise translate_db_error(exc, url) from exc
     except (
         sqlalchemy.exc.SQLAlchemyError,
@@ -196,14 +191,38 @@ def _open_rdb(url: URL) -> RDBStorage:
     if not _schema_ready(url):
         with _schema_lock(url) as conn:
             create_schema(conn)
-    return _rdb_storage(url, create_tables=False)
+    storage = _rdb_storage(url, create_tables=False)
+    _check_schema_version(storage, url)
+    return storage
 
 
 def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
+    # Optuna's own compatibility check holds a session's transaction open while it reads the
+    # schema version on a second connection. Behind a transaction-mode pooler, as many workers
+    # starting at once as the pool has server connections each hold one and wait for another,
+    # until the pooler gives up (PgBouncer's query_wait_timeout, 120 s). The check is made
+    # instead by _check_schema_version, one connection at a time.
     return RDBStorage(
         url.render_as_string(hide_password=False),
         engine_kwargs=engine_kwargs(url),
         skip_table_creation=not create_tables,
+        skip_compatibility_check=True,
+    )
+
+
+def _check_schema_version(storage: RDBStorage, url: URL) -> None:
+    """What Optuna's compatibility check does, without holding two connections at once."""
+    current = storage.get_current_version()
+    if current == storage.get_head_version():
+        return
+    if current in storage.get_all_versions():
+        fix = "run `optuna storage upgrade --storage URL`, or use a matching tunefleet"
+    else:
+        fix = "upgrade tunefleet and Optuna (`pip install -U tunefleet optuna`)"
+    raise StorageError(
+        f"the study tables in {display_url(url)} were made by another Optuna version "
+        f"(schema {current}, this Optuna {optuna.__version__} needs "
+        f"{storage.get_head_version()}): {fix}"
     )
 
 
