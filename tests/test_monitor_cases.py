@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 
 from tests.browser import ARTIFACTS, chromium_or_skip, render_probe, screenshot
@@ -174,11 +175,21 @@ def test_ten_thousand_trials(pg_url: str, tmp_path: Path, monkeypatch: pytest.Mo
     print(f"10,000 trials: {timings}")
 
 
-def test_mistakes_are_one_line_errors(tmp_path: Path, sqlite_url: str) -> None:
+def test_mistakes_are_one_line_errors(tmp_path: Path, sqlite_url: str, pg_url: str) -> None:
     missing = tmp_path / "nowhere.db"
     result = tunefleet("status", "--storage", f"sqlite:///{missing}")
     assert result.returncode == 3 and not missing.exists()
     assert result.stderr.count("\n") == 1 and "no tunefleet store at" in result.stderr
+
+    # A database nothing has run in (a mistyped URL, most likely) is reported, not given tables.
+    for command in ("status", "trials", "studies"):
+        result = tunefleet(command, "--storage", pg_url)
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.count("\n") == 1 and "no studies in" in result.stderr
+        assert "nothing has run there yet; check --storage" in result.stderr
+    with psycopg.connect(pg_url) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchall() == []
 
     storage = open_storage(sqlite_url)
     with pytest.raises(StudyError, match=r"no studies in .*: start one"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "NoStudiesError",
     "ObjectiveError",
     "StorageError",
     "StudyError",
@@ -30,6 +31,10 @@ class StorageError(TunefleetError):
     """The storage URL is malformed, or the database cannot be reached or used."""
 
     exit_code = 3
+
+
+class NoStudiesError(StorageError):
+    """A reader opened a database that holds no studies at all (nothing has run there)."""
 
 
 class ObjectiveError(TunefleetError):

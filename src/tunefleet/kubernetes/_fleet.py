@@ -21,7 +21,7 @@ import optuna
 import sqlalchemy.exc
 
 from tunefleet._redact import redact
-from tunefleet.errors import ConfigError, StorageError, TunefleetError
+from tunefleet.errors import ConfigError, NoStudiesError, StorageError, TunefleetError
 from tunefleet.kubernetes._cluster import Cluster, ClusterError
 from tunefleet.kubernetes._manifests import (
     ANNOTATION_STUDY,
@@ -360,7 +360,14 @@ def study_progress(url: str, study: str) -> StudySummary:
     parsed = parse_storage_url(url)
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         parsed = parsed.update_query_dict({"connect_timeout": "5"})
-    storage = open_storage(parsed.render_as_string(hide_password=False), db_wait=0)
+    try:
+        storage = open_storage(
+            parsed.render_as_string(hide_password=False), db_wait=0, create=False
+        )
+    except NoStudiesError:
+        raise TunefleetError(
+            f"study '{study}' is not in {display_url(parsed)} yet: the first worker creates it"
+        ) from None
     try:
         try:
             study_id = storage.optuna.get_study_id_from_name(study)

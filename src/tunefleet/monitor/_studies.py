@@ -71,7 +71,7 @@ def open_existing_storage(raw_url: str) -> FleetStorage:
             f"no tunefleet store at {sqlite_path(url)}: pass --storage (or set "
             "TUNEFLEET_STORAGE), or run this in the directory holding tunefleet.db"
         )
-    return open_storage(raw_url)
+    return open_storage(raw_url, create=False)
 
 
 def _all_refs(storage: FleetStorage) -> list[StudyRef]:

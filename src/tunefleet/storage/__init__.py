@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from tunefleet.errors import StorageError, TunefleetError
+from tunefleet.errors import NoStudiesError, StorageError, TunefleetError
 from tunefleet.storage import _fast_sql as fast_sql
 from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
 from tunefleet.storage._errors import translate_db_error
@@ -138,7 +138,7 @@ class FleetStorage:
 
 
 def open_storage(
-    raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S, engine: str = "auto"
+    raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S, engine: str = "auto", create: bool = True
 ) -> FleetStorage:
     """Open (and, on first use, initialise) the store at ``raw_url``.
 
@@ -151,13 +151,18 @@ def open_storage(
     :mod:`tunefleet.storage._fast`) or ``stock`` (Optuna's ``RDBStorage`` as is). The embedded
     store always uses the stock one.
 
+    ``create=False`` is for readers (``status``, ``trials``, ...): a database that holds no
+    studies at all is an error rather than a place to create tables in, so a mistyped URL does
+    not leave an empty schema behind.
+
     Raises:
-        StorageError: the URL is malformed or the database cannot be reached or used.
+        StorageError: the URL is malformed, the database cannot be reached or used, or (with
+            ``create=False``) it holds no studies.
     """
     url = parse_storage_url(raw_url)
     retrier = Retrier(db_wait, display_url(url))
     try:
-        storage = retrier.call(lambda: _open_rdb(url))
+        storage = retrier.call(lambda: _open_rdb(url, create))
     except TunefleetError:
         raise
     except RuntimeError as exc:
@@ -187,8 +192,14 @@ def open_storage(
     )
 
 
-def _open_rdb(url: URL) -> RDBStorage:
-    if not _schema_ready(url):
+def _open_rdb(url: URL, create: bool = True) -> RDBStorage:
+    names = _schema_names(url)
+    if not _schema_ready(url, names):
+        if not create and "studies" not in names:
+            raise NoStudiesError(
+                f"no studies in {display_url(url)}: nothing has run there yet; check --storage "
+                "(or TUNEFLEET_STORAGE / DATABASE_URL)"
+            )
         with _schema_lock(url) as conn:
             create_schema(conn)
     storage = _rdb_storage(url, create_tables=False)
@@ -226,11 +237,11 @@ def _check_schema_version(storage: RDBStorage, url: URL) -> None:
     )
 
 
-def _schema_ready(url: URL) -> bool:
-    """Whether Optuna's and tunefleet's tables (and on PostgreSQL the fast path's functions) all
-    exist: catalogue queries, no lock."""
+def _schema_names(url: URL) -> set[str]:
+    """The tables (and on PostgreSQL the fast path's functions) the database has: catalogue
+    queries, no lock."""
     if url.get_backend_name() == "sqlite" and not os.path.exists(sqlite_path(url)):
-        return False
+        return set()
     engine = create_engine(url, poolclass=NullPool, **_probe_kwargs(url))
     try:
         with engine.connect() as conn:
@@ -242,12 +253,18 @@ def _schema_ready(url: URL) -> bool:
                         {"names": list(fast_sql.FUNCTION_NAMES)},
                     ).scalars()
                 )
-                wanted = set(fast_sql.FUNCTION_NAMES)
-            else:
-                wanted = set()
     finally:
         engine.dispose()
-    return _OPTUNA_TABLES | set(ledger_metadata.tables) | wanted <= names
+    return names
+
+
+def _schema_ready(url: URL, names: set[str]) -> bool:
+    """Whether Optuna's and tunefleet's tables (and on PostgreSQL the fast path's functions) are
+    all among ``names``."""
+    wanted = _OPTUNA_TABLES | set(ledger_metadata.tables)
+    if url.get_backend_name() == "postgresql":
+        wanted |= set(fast_sql.FUNCTION_NAMES)
+    return wanted <= names
 
 
 def _probe_kwargs(url: URL) -> dict[str, object]:
