@@ -236,3 +236,17 @@ def test_keras_backend_is_honoured(data_dir: Path, tmp_path: Path) -> None:
     (trial,) = optuna.load_study(study_name="keras-mnist", storage=storage).trials
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["keras_backend"] == "torch"
+
+
+@pytest.mark.parametrize("name", ["torch-fashion-mnist", "keras-mnist"])
+def test_asking_for_more_examples_than_the_data_has_uses_all_and_says_so(
+    name: str, data_dir: Path, tmp_path: Path
+) -> None:
+    args = {**_args(name, data_dir), "epochs": 1, "n_train": 100_000}
+    flags = [f"--objective-arg={k}={json.dumps(v)}" for k, v in args.items()]
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = tunefleet("worker", name, "--storage", storage, "--n-trials", "1", *flags)
+    assert result.returncode == 0, result.stderr
+    dataset = "fashion-mnist" if name.startswith("torch") else "mnist"
+    assert f"n_train=100000 but {dataset} has 400 examples there: using all 400" in result.stderr
+    assert "400 train / 128 valid examples" in result.stderr

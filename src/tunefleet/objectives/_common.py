@@ -8,12 +8,14 @@ objective from the study alone.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import optuna
 
 from tunefleet.errors import ConfigError, ObjectiveError
@@ -30,6 +32,8 @@ __all__ = [
     "trial_seed",
     "worker_threads",
 ]
+
+log = logging.getLogger("tunefleet.objectives")
 
 #: Threads for each worker's numerical libraries; ``tunefleet run`` sets it to its workers' share.
 THREADS_ENV = "TUNEFLEET_THREADS"
@@ -148,3 +152,19 @@ class ImageObjective(BuiltinObjective):
         require_positive(self, "epochs", "batch_size", "n_train", "n_valid")
         self.root = data_root(self.args["data_dir"])
         require_dataset(self.dataset, self.root)
+
+    def draw(self, rng: np.random.Generator, available: int, key: str) -> np.ndarray[Any, Any]:
+        """A draw of ``args[key]`` of ``available`` examples from the split's seeded ``rng`` (all
+        of them, with a warning, when fewer are there): every trial uses the same ones."""
+        wanted = self.args[key]
+        if wanted > available:
+            log.warning(
+                "%s: %s=%d but %s has %d examples there: using all %d",
+                self.name,
+                key,
+                wanted,
+                self.dataset,
+                available,
+                available,
+            )
+        return rng.permutation(available)[:wanted]

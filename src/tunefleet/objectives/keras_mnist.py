@@ -125,8 +125,8 @@ class KerasMnist(ImageObjective):
         self.device, self.device_name = _select_device(self.args["device"])
         splits = load_images(self.dataset, self.root)
         rng = np.random.default_rng(self.args["split_seed"])
-        train = rng.permutation(len(splits.train_x))[: self.args["n_train"]]
-        valid = rng.permutation(len(splits.test_x))[: self.args["n_valid"]]
+        train = self.draw(rng, len(splits.train_x), "n_train")
+        valid = self.draw(rng, len(splits.test_x), "n_valid")
         self.train_x = splits.train_x[train, :, :, None].astype(np.float32) / 255.0
         self.train_y = splits.train_y[train]
         self.valid_x = splits.test_x[valid, :, :, None].astype(np.float32) / 255.0

@@ -73,8 +73,8 @@ class TorchFashionMnist(ImageObjective):
         splits = load_images(self.dataset, self.root)
         # A fixed, seeded draw of examples: every trial trains and scores on the same ones.
         rng = np.random.default_rng(self.args["split_seed"])
-        train = rng.permutation(len(splits.train_x))[: self.args["n_train"]]
-        valid = rng.permutation(len(splits.test_x))[: self.args["n_valid"]]
+        train = self.draw(rng, len(splits.train_x), "n_train")
+        valid = self.draw(rng, len(splits.test_x), "n_valid")
 
         def tensor(images: np.ndarray[Any, Any]) -> torch.Tensor:
             flat = images.reshape(len(images), -1).astype(np.float32) / 255.0
