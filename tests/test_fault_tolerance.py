@@ -233,6 +233,21 @@ def test_failed_trials_keep_their_traceback(sqlite_url: str) -> None:
         assert "tunefleet:lost" not in t.system_attrs
 
 
+def test_a_worker_that_only_fails_while_others_complete_says_so(sqlite_url: str) -> None:
+    study = ["--storage", sqlite_url, "--study", "machine"]
+    good = tunefleet("worker", f"{OBJ}:quadratic", *study, "--n-trials", "2")
+    assert good.returncode == 0, good.stderr
+    bad = tunefleet("worker", f"{OBJ}:always_fails", *study, "--n-trials", "8")
+    assert bad.returncode == 0, bad.stderr
+    assert bad.stderr.count("in a row") == 1, bad.stderr  # at 5 failures, not again at 6
+    assert "failed its last 5 trials in a row while other trials complete" in bad.stderr
+    # Failing from the first trial on is the objective's fault, not this machine's: no warning.
+    alone = ["--storage", sqlite_url, "--study", "broken", "--n-trials", "6"]
+    broken = tunefleet("worker", f"{OBJ}:always_fails", *alone)
+    assert broken.returncode == 0, broken.stderr
+    assert broken.stderr.count("trial") >= 6 and "in a row" not in broken.stderr
+
+
 def test_retry_failed_reruns_with_the_same_params(storage_url: str, tmp_path: Path) -> None:
     result = tunefleet(
         "run",
