@@ -74,6 +74,7 @@ namespace = "tuning"
 pull_policy = "Always"
 node_selector = { "cloud.google.com/gke-accelerator" = "nvidia-l4" }
 env = { KERAS_BACKEND = "torch" }
+image_pull_secrets = ["regcred"]
 """
 
 RENDERINGS = {
@@ -105,6 +106,8 @@ RENDERINGS = {
         "epochs=3",
         "--env",
         "TUNEFLEET_DATA_DIR=/data",
+        "--image-pull-secret",
+        "ghcr-token",
     ],
     "awkward-study-name": [
         "sklearn-iris",
@@ -403,6 +406,22 @@ def test_a_kubernetes_table_is_read_by_k8s_and_ignored_by_the_study_spec(study_t
     assert merged.cpu == "8" and dict(merged.env) == {"KERAS_BACKEND": "torch", "EXTRA": "1"}
 
 
+def test_private_registry_secrets_reach_the_pods(
+    study_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--image-pull-secret", "regcred", "--image-pull-secret", "ghcr-token"]
+    code, out, err = run_cli(capsys, "k8s", "render", "--config", str(study_toml), *flags)
+    assert code == 0, err
+    job = next(doc for doc in yaml.safe_load_all(out) if doc["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    # The file's and the flags' secrets, each once, in the order given.
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "ghcr-token"}]
+    code, out, err = run_cli(
+        capsys, "k8s", "render", "sklearn-iris", "--image", "i:1", "--workers", "1"
+    )
+    assert code == 0 and "imagePullSecrets" not in out
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -413,6 +432,9 @@ def test_a_kubernetes_table_is_read_by_k8s_and_ignored_by_the_study_spec(study_t
         ('namespace = "Tuning"', "not a namespace name"),
         ("env = { TUNEFLEET_STORAGE = 'x' }", "Secret"),
         ("node_selector = { gpu = 1 }", "every value must be a string"),
+        ('image_pull_secrets = "regcred"', "must be a list of Secret names"),
+        ("image_pull_secrets = [1]", "every item must be a string"),
+        ('image_pull_secrets = ["Reg_Cred"]', "'Reg_Cred' is not a Secret name"),
     ],
 )
 def test_bad_kubernetes_settings_are_named_in_one_line(
@@ -435,6 +457,10 @@ def test_bad_kubernetes_settings_are_named_in_one_line(
         (["sklearn-irsi", "--image", "i:1", "--workers", "2"], "unknown objective 'sklearn-irsi'"),
         (["sklearn-iris", "--image", "i:1", "--workers", "2", "--env", "NOEQUALS"], "KEY=VALUE"),
         (["sklearn-iris", "--image", "i:1", "--workers", "0"], "--workers: must be at least 1"),
+        (
+            ["sklearn-iris", "--image", "i:1", "--workers", "1", "--image-pull-secret", "A B"],
+            "invalid --image-pull-secret: 'A B' is not a Secret name",
+        ),
     ],
 )
 def test_render_errors_are_one_line(

@@ -60,6 +60,13 @@ def _fleet_options(func: F) -> F:
         ),
         click.option("--pull-policy", type=click.Choice(_PULL_POLICIES), help="imagePullPolicy."),
         click.option(
+            "--image-pull-secret",
+            "image_pull_secrets",
+            multiple=True,
+            metavar="SECRET",
+            help="Secret with a private registry's credentials (repeatable).",
+        ),
+        click.option(
             "--backoff-limit", type=int, help="Failed pods before the Job fails [3 x workers]."
         ),
         click.option("--ttl", type=int, metavar="SECONDS", help="Keep a finished Job [86400]."),
@@ -125,6 +132,7 @@ def _build(
     options = k8s_api.options_from_config(config_path).merged(
         node_selector=_pairs(fleet_flags.pop("node_selector"), "--node-selector"),
         env=_pairs(fleet_flags.pop("pod_env"), "--env"),
+        image_pull_secrets=tuple(fleet_flags.pop("image_pull_secrets")),
         **fleet_flags,
     )
     return spec, options
@@ -141,6 +149,7 @@ _FLEET_KEYS = (
     "node_selector",
     "pod_env",
     "pull_policy",
+    "image_pull_secrets",
     "backoff_limit",
     "ttl",
     "deadline_margin",

@@ -263,6 +263,8 @@ def _pod_spec(spec: StudySpec, options: FleetOptions, secret: str, study: str) -
             }
         ],
     }
+    if options.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in options.image_pull_secrets]
     if options.node_selector:
         pod["nodeSelector"] = dict(options.node_selector)
     if options.gpu:

@@ -11,6 +11,7 @@ drives ``tunefleet run``); this is only how its workers run as pods::
     namespace = "tuning"
     node_selector = { "cloud.google.com/gke-accelerator" = "nvidia-l4" }
     env = { KERAS_BACKEND = "torch" }
+    image_pull_secrets = ["regcred"]   # a private registry's docker-registry Secrets
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class FleetOptions:
     secret: str | None = None  # default: tunefleet-<study>-storage
     secret_key: str = "TUNEFLEET_STORAGE"
     pull_policy: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     backoff_limit: int | None = None  # default: 3 x workers, like `run --max-restarts`
@@ -71,10 +73,13 @@ class FleetOptions:
 
     def merged(self, **overrides: Any) -> FleetOptions:
         """A copy with every override that is not None (or empty) applied, then validated."""
-        values = {k: v for k, v in overrides.items() if v is not None and v != {}}
+        values = {k: v for k, v in overrides.items() if v is not None and v != {} and v != ()}
         for key in ("node_selector", "env"):
             if key in values:
                 values[key] = {**getattr(self, key), **values[key]}
+        if "image_pull_secrets" in values:  # the file's and the flags', each once
+            names = (*self.image_pull_secrets, *values["image_pull_secrets"])
+            values["image_pull_secrets"] = tuple(dict.fromkeys(names))
         return dataclasses.replace(self, **values).validated()
 
     def validated(self, source: str = "option") -> FleetOptions:
@@ -104,6 +109,12 @@ class FleetOptions:
             raise bad(
                 "pull_policy", f"'{self.pull_policy}' is not one of {', '.join(PULL_POLICIES)}"
             )
+        for name in self.image_pull_secrets:
+            if not _DNS_SUBDOMAIN.match(name):
+                raise bad(
+                    "image_pull_secret" if source == "option" else "image_pull_secrets",
+                    f"'{name}' is not a Secret name (lowercase, a-z0-9.-)",
+                )
         for key, value in self.node_selector.items():
             if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
                 raise bad("node_selector", f"'{key}={value}' is not a node label")
@@ -150,6 +161,7 @@ _TABLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "secret": ((str,), "a Secret name"),
     "secret_key": ((str,), "a key in the Secret"),
     "pull_policy": ((str,), f"one of {', '.join(PULL_POLICIES)}"),
+    "image_pull_secrets": ((list,), 'a list of Secret names such as ["regcred"]'),
     "node_selector": ((dict,), "a table of node labels"),
     "env": ((dict,), "a table of environment variables"),
     "backoff_limit": ((int,), "a number of failed pods"),
@@ -193,5 +205,11 @@ def options_from_config(path: str | Path | None) -> FleetOptions:
             raise ConfigError(
                 f"invalid 'kubernetes.{key}' in {source}: every value must be a string"
             )
+        if isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(
+                    f"invalid 'kubernetes.{key}' in {source}: every item must be a string"
+                )
+            value = tuple(value)
         values[key] = str(value) if key == "cpu" else value
     return FleetOptions(**values).validated(source=f"{source} [kubernetes]")
