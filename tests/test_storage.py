@@ -60,7 +60,10 @@ def test_eight_workers_start_at_once_on_an_empty_database(storage_url: str) -> N
     } <= names
 
 
-def test_a_fleet_needs_one_server_connection_at_a_time(pg_url: str, pg_admin_url: str) -> None:
+@pytest.mark.parametrize("engine", ["fast", "stock"])
+def test_a_fleet_needs_one_server_connection_at_a_time(
+    pg_url: str, pg_admin_url: str, engine: str
+) -> None:
     """Nothing tunefleet does holds a transaction open while it waits for a second connection.
 
     Behind a transaction-mode pooler whose server connections are all taken, such a wait lasts
@@ -71,6 +74,7 @@ def test_a_fleet_needs_one_server_connection_at_a_time(pg_url: str, pg_admin_url
     try:
         url = bouncer.url(pg_url.rpartition("/")[2])
         args = ["run", f"{DATA / 'objectives.py'}:quadratic", "--storage", url, "--json"]
+        args += ["--storage-engine", engine]
         result = tunefleet(*args, "--study", "one", "--n-trials", "20", "--workers", "3")
         assert result.returncode == 0, result.stderr
         stock = optuna.load_study(study_name="one", storage=pg_url)
