@@ -223,8 +223,8 @@ def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
 
 def _check_schema_version(storage: RDBStorage, url: URL) -> None:
     """What Optuna's compatibility check does, without holding two connections at once."""
-    current = storage.get_current_version()
-    if current == storage.get_head_version():
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current == head:
         return
     if current in storage.get_all_versions():
         fix = "run `optuna storage upgrade --storage URL`, or use a matching tunefleet"
@@ -232,8 +232,7 @@ def _check_schema_version(storage: RDBStorage, url: URL) -> None:
         fix = "upgrade tunefleet and Optuna (`pip install -U tunefleet optuna`)"
     raise StorageError(
         f"the study tables in {display_url(url)} were made by another Optuna version "
-        f"(schema {current}, this Optuna {optuna.__version__} needs "
-        f"{storage.get_head_version()}): {fix}"
+        f"(schema {current}, this Optuna {optuna.__version__} needs {head}): {fix}"
     )
 
 
