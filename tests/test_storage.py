@@ -83,9 +83,7 @@ def test_a_fleet_needs_one_server_connection_at_a_time(
         bouncer.close()
 
 
-def test_tables_from_another_optuna_version_get_a_clear_error(
-    storage_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_tables_from_another_optuna_version_get_a_clear_error(storage_url: str) -> None:
     open_storage(storage_url).close()
     engine = create_engine(storage_url)
     with engine.begin() as conn:  # as `optuna storage upgrade` would find an old schema
