@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunefleet.constants import ENGINES
 from tunefleet.errors import ConfigError
 
 __all__ = ["DIRECTIONS", "PRUNERS", "SAMPLERS", "StudySpec", "load_spec", "parse_objective_args"]
@@ -154,7 +155,7 @@ class StudySpec:
             raise bad("db_wait", f"must be 0 or more seconds, got {self.db_wait}")
         if self.max_restarts is not None and self.max_restarts < 0:
             raise bad("max_restarts", f"must be 0 or more, got {self.max_restarts}")
-        if self.storage_engine not in ("auto", "fast", "stock"):
+        if self.storage_engine not in ENGINES:
             raise bad("storage_engine", f"'{self.storage_engine}' is not one of auto, fast, stock")
         if self.workers is not None and self.workers <= 0:
             raise bad("workers", f"must be at least 1, got {self.workers}")

@@ -7,6 +7,8 @@ importlib) are translated into these at the boundary where we know what the user
 
 from __future__ import annotations
 
+from tunefleet.constants import ExitCode
+
 __all__ = [
     "ConfigError",
     "NoStudiesError",
@@ -20,7 +22,7 @@ __all__ = [
 class TunefleetError(Exception):
     """Base class: a problem with the user's input or environment, with a one-line message."""
 
-    exit_code = 2
+    exit_code: int = ExitCode.CONFIG
 
 
 class ConfigError(TunefleetError):
@@ -30,7 +32,7 @@ class ConfigError(TunefleetError):
 class StorageError(TunefleetError):
     """The storage URL is malformed, or the database cannot be reached or used."""
 
-    exit_code = 3
+    exit_code: int = ExitCode.STORAGE
 
 
 class NoStudiesError(StorageError):

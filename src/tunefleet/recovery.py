@@ -15,6 +15,7 @@ import logging
 import optuna
 from optuna.trial import TrialState
 
+from tunefleet import constants
 from tunefleet.storage import FleetStorage
 from tunefleet.storage._ledger import RETRY_OF_ATTR
 
@@ -23,11 +24,11 @@ __all__ = ["ATTEMPT_ATTR", "LOST_ATTR", "RETRY_OF_ATTR", "TRACEBACK_ATTR", "requ
 log = logging.getLogger("tunefleet.recovery")
 
 #: Why a trial was lost (its worker died or was stopped); absent on an objective's own failures.
-LOST_ATTR = "tunefleet:lost"
+LOST_ATTR = constants.LOST_ATTR
 #: The formatted traceback of an objective's exception (redacted, truncated).
-TRACEBACK_ATTR = "tunefleet:traceback"
+TRACEBACK_ATTR = constants.TRACEBACK_ATTR
 #: Which attempt at these parameters a trial is (1 for the first), for ``--retry-failed``.
-ATTEMPT_ATTR = "tunefleet:attempt"
+ATTEMPT_ATTR = constants.ATTEMPT_ATTR
 
 
 def requeue_trial(

@@ -24,8 +24,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tunefleet import constants
 from tunefleet._redact import redact
 from tunefleet.config import StudySpec
+from tunefleet.constants import ExitCode
 from tunefleet.objectives import Objective, WorkerContext
 from tunefleet.objectives._common import worker_threads
 from tunefleet.recovery import ATTEMPT_ATTR, TRACEBACK_ATTR, requeue_trial
@@ -38,12 +40,12 @@ __all__ = ["EXIT_DONE", "EXIT_INTERRUPTED", "Worker", "WorkerResult"]
 log = logging.getLogger("tunefleet.worker")
 
 #: The study is done: budget spent or deadline passed. The only exit code that means "finished".
-EXIT_DONE = 0
+EXIT_DONE = ExitCode.OK
 #: Stopped by a signal before the study was done: a supervisor should start a replacement.
-EXIT_INTERRUPTED = 75
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 #: Trial system attribute holding why a trial failed (the name Optuna 2 used for the same).
-FAIL_REASON_ATTR = "fail_reason"
+FAIL_REASON_ATTR = constants.FAIL_REASON_ATTR
 
 _POLL_MIN_S, _POLL_MAX_S = 0.2, 2.0
 

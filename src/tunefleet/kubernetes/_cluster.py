@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tunefleet._redact import redact
+from tunefleet.constants import ExitCode
 from tunefleet.errors import ConfigError, TunefleetError
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ FIELD_MANAGER = "tunefleet"
 class ClusterError(TunefleetError):
     """The Kubernetes API cannot be reached, or it refused a request."""
 
-    exit_code = 4
+    exit_code: int = ExitCode.CLUSTER
 
 
 class Cluster(Protocol):

@@ -58,7 +58,9 @@ from typing import Any
 
 import yaml
 
+from tunefleet import constants
 from tunefleet.config import StudySpec
+from tunefleet.constants import ExitCode
 from tunefleet.errors import ConfigError
 from tunefleet.kubernetes._options import FleetOptions
 from tunefleet.objectives._loader import BUILTINS
@@ -98,10 +100,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 #: The Dockerfile's user; numeric, so the kubelet can check ``runAsNonRoot``.
 RUN_AS_USER = 10001
 #: Threads for the objective's numerical libraries: the pod's CPU limit (downward API, rounded up).
-THREADS_ENV = "TUNEFLEET_THREADS"
-EXIT_CONFIG = 2  # tunefleet.errors.TunefleetError.exit_code
-EXIT_STORAGE = 3  # tunefleet.errors.StorageError.exit_code
-_EXIT_SIGTERM = 128 + 15
+THREADS_ENV = constants.THREADS_ENV
+EXIT_CONFIG = int(ExitCode.CONFIG)
+EXIT_STORAGE = int(ExitCode.STORAGE)
+_EXIT_SIGTERM = int(ExitCode.SIGTERM)
 
 _MAX_NAME = 63 - len("tunefleet-") - len("-storage")
 
@@ -171,7 +173,7 @@ def _pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": CONTAINER,
                     "operator": "In",
-                    "values": sorted({EXIT_INTERRUPTED, _EXIT_SIGTERM}),
+                    "values": sorted({int(EXIT_INTERRUPTED), _EXIT_SIGTERM}),
                 },
             },
             {

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import optuna
 
+from tunefleet import constants
 from tunefleet.errors import ConfigError, ObjectiveError
 from tunefleet.objectives._base import BuiltinObjective, cpu_count
 from tunefleet.objectives._datasets import data_root, require_dataset
@@ -36,7 +37,7 @@ __all__ = [
 log = logging.getLogger("tunefleet.objectives")
 
 #: Threads for each worker's numerical libraries; ``tunefleet run`` sets it to its workers' share.
-THREADS_ENV = "TUNEFLEET_THREADS"
+THREADS_ENV = constants.THREADS_ENV
 
 _CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 _CGROUP_V1 = (

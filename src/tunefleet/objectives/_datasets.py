@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tunefleet import constants
 from tunefleet.errors import ObjectiveError
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "require_dataset",
 ]
 
-DATA_DIR_ENV = "TUNEFLEET_DATA_DIR"
+DATA_DIR_ENV = constants.DATA_DIR_ENV
 
 # IDX type codes (the third byte of the magic number) -> big-endian NumPy dtype.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
 
+from tunefleet import constants
 from tunefleet.errors import NoStudiesError, StorageError, TunefleetError
 from tunefleet.storage import _fast_sql as fast_sql
 from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
@@ -68,7 +69,7 @@ __all__ = [
 # transaction-scoped advisory lock that serialises schema creation ("tunefleet" in ASCII).
 _SCHEMA_LOCK_KEY = 0x74756E65666C6565 & 0x7FFFFFFFFFFFFFFF
 #: Optuna storages for PostgreSQL: the fast path, Optuna's own, or the default for the URL.
-ENGINES = ("auto", "fast", "stock")
+ENGINES = constants.ENGINES
 #: How long to wait for an unreachable database, at start and during outages, by default.
 DEFAULT_DB_WAIT_S = 60.0
 _OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}

@@ -46,6 +46,7 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Connection, Engine
 
+from tunefleet import constants
 from tunefleet.storage import _fast_sql as sql
 from tunefleet.storage._retry import Retrier
 
@@ -53,7 +54,7 @@ __all__ = ["FastPostgresStorage"]
 
 log = logging.getLogger("tunefleet.storage")
 
-WORKER_ATTR = "tunefleet:worker"
+WORKER_ATTR = constants.WORKER_ATTR
 
 
 def _hand_back(sa_conn: Connection, conn: psycopg.Connection[Any]) -> None:

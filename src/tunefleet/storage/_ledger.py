@@ -57,6 +57,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
+from tunefleet import constants
+
 __all__ = ["Budget", "Ledger", "StaleClaim", "metadata"]
 
 P = ParamSpec("P")
@@ -83,9 +85,9 @@ _trials = optuna_models.TrialModel.__table__
 _trial_system_attrs = optuna_models.TrialSystemAttributeModel.__table__
 
 #: Trial system attribute on a re-run: the number of the trial it repeats.
-RETRY_OF_ATTR = "tunefleet:retry_of"
+RETRY_OF_ATTR = constants.RETRY_OF_ATTR
 #: Trial system attribute set when a trial is created: the claim (budget slot) it belongs to.
-CLAIM_ATTR = "tunefleet:claim"
+CLAIM_ATTR = constants.CLAIM_ATTR
 
 
 def _utcnow() -> datetime.datetime:
