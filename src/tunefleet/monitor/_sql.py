@@ -4,8 +4,9 @@ Monitoring reads Optuna's tables and tunefleet's ledger with plain SQL, a handfu
 queries, so that ``status`` stays fast on a study with tens of thousands of trials where loading
 every trial through Optuna would take seconds.
 
-Clocks: Optuna stamps ``datetime_start``/``datetime_complete`` with each worker's local clock
-(naive datetimes), while the ledger uses the database's clock. A trial's claim is taken just before
+Clocks: ``datetime_start``/``datetime_complete`` are each worker's local wall time, naive, for
+stock Optuna and tunefleet alike (:mod:`tunefleet.storage._clock`), while the ledger uses the
+database's clock. A trial's claim is taken just before
 the trial is created, so ``claimed_at`` is its start on the database's clock, and ``claimed_at +
 (datetime_complete - datetime_start)`` its end: durations are taken from one worker's clock, so
 skewed or differently zoned worker clocks cancel out.
@@ -24,6 +25,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
+from tunefleet.storage._clock import trial_epoch
 from tunefleet.storage._ledger import epoch_now, fleet_claims, fleet_studies, fleet_workers
 
 __all__ = [
@@ -81,7 +83,7 @@ def _trial_seconds_sqlite(element: trial_seconds, compiler: SQLCompiler, **kw: A
 
 def to_epoch(value: dt.datetime | None) -> float | None:
     """An Optuna timestamp (naive, the writing worker's local time) as seconds since the epoch."""
-    return None if value is None else value.timestamp()
+    return trial_epoch(value)
 
 
 def decode_json(raw: str | None) -> Any:

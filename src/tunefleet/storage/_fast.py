@@ -26,19 +26,23 @@ optuna-dashboard see, are exactly Optuna's.
 from __future__ import annotations
 
 import copy
-import datetime
 import functools
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import psycopg
-from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
 from optuna.storages import BaseStorage
 from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
 from optuna.study import StudyDirection
@@ -48,6 +52,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunefleet import constants
 from tunefleet.storage import _fast_sql as sql
+from tunefleet.storage._clock import trial_now
 from tunefleet.storage._retry import Retrier
 
 __all__ = ["FastPostgresStorage"]
@@ -74,18 +79,6 @@ def _json(value: Any) -> str:
     """Strict JSON for the functions: an infinity or NaN has no JSON spelling, and none can
     reach here (Optuna's stored forms turn them into NULL and a type)."""
     return json.dumps(value, allow_nan=False)
-
-
-def _utcnow() -> datetime.datetime:
-    """Naive UTC, as RDBStorage stores trial datetimes."""
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-
-
-def _local(utc: datetime.datetime | None) -> datetime.datetime | None:
-    """Naive UTC from the database -> naive local time, as RDBStorage returns it."""
-    if utc is None:
-        return None
-    return utc.replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)
 
 
 @dataclass
@@ -135,16 +128,24 @@ class _StudyCache:
     # Set by an ask whose pipeline has just read every changed trial: the sampler's read that
     # follows at once is served from memory. Any other read syncs first.
     fresh: bool = False
+    # A distribution the study holds for each parameter name this process has seen, to check a
+    # new parameter against (as RDBStorage checks against the study's first record).
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
 
     def put(self, trial: FrozenTrial) -> None:
         """Only for trials read by a sync (or already in the cache): ``next_number`` promises
         that every trial below it is here."""
         self.trials[trial.number] = trial
+        self.saw(trial)
         if trial.state.is_finished():
             self.unfinished.discard(trial.number)
         else:
             self.unfinished.add(trial.number)
         self.next_number = max(self.next_number, trial.number + 1)
+
+    def saw(self, trial: FrozenTrial) -> None:
+        for name, distribution in trial.distributions.items():
+            self.distributions.setdefault(name, distribution)
 
     def sync_args(self, study_id: int) -> dict[str, Any]:
         """What a sync reads: trials new to this cache, and those it holds unfinished. Finished
@@ -190,8 +191,13 @@ class FastPostgresStorage(BaseStorage):
 
     # -- the database ------------------------------------------------------------------------
 
-    def _pipeline(self, statements: Sequence[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
-        """Run statements in one transaction and one network round trip; return their rows."""
+    def _pipeline(
+        self,
+        statements: Sequence[tuple[str, dict[str, Any]]],
+        on_retry: Callable[[], None] | None = None,
+    ) -> list[list[Any]]:
+        """Run statements in one transaction and one network round trip; return their rows.
+        ``on_retry`` is called before each new attempt after a transient failure."""
 
         def attempt() -> list[list[Any]]:
             with self._engine.connect() as sa_conn:
@@ -209,7 +215,7 @@ class FastPostgresStorage(BaseStorage):
                 finally:
                     _hand_back(sa_conn, conn)
 
-        return self._retrier.call(attempt)
+        return self._retrier.call(attempt, on_retry=on_retry)
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -221,7 +227,7 @@ class FastPostgresStorage(BaseStorage):
             "study_id": study_id,
             "worker_id": worker_id,
             "token": token,
-            "now": _utcnow(),
+            "now": trial_now(),
             "worker_key": WORKER_ATTR,
             "worker_json": json.dumps(worker_id),
         }
@@ -242,6 +248,7 @@ class FastPostgresStorage(BaseStorage):
         trial = _frozen_trial(trial_row)
         trial_id = trial._trial_id
         with self._lock:
+            cache.saw(trial)
             self._owned[trial_id] = trial
             self._owned_study[trial_id] = study_id
             self._pending[trial_id] = _Pending()
@@ -256,17 +263,44 @@ class FastPostgresStorage(BaseStorage):
         distribution: BaseDistribution,
     ) -> None:
         with self._lock:
-            owned = self._owned.get(trial_id)
-            if owned is not None:
-                owned.params[param_name] = distribution.to_external_repr(param_value_internal)
-                owned.distributions[param_name] = distribution
-                self._pending[trial_id].params[param_name] = (
-                    param_value_internal,
-                    distribution_to_json(distribution),
-                )
-                return
+            study_id = self._owned_study.get(trial_id)
+        if study_id is not None:
+            cache = self._check_distribution(study_id, param_name, distribution)
+            with self._lock:
+                owned = self._owned.get(trial_id)
+                if owned is not None:
+                    owned.params[param_name] = distribution.to_external_repr(param_value_internal)
+                    owned.distributions[param_name] = distribution
+                    cache.distributions.setdefault(param_name, distribution)
+                    self._pending[trial_id].params[param_name] = (
+                        param_value_internal,
+                        distribution_to_json(distribution),
+                    )
+                    return
         self._write_through(trial_id)
         self._inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+    def _check_distribution(
+        self, study_id: int, name: str, distribution: BaseDistribution
+    ) -> _StudyCache:
+        """Refuse a parameter whose kind differs from the study's (Optuna's ValueError).
+
+        Checked against a distribution this process has seen for the name in the study; the
+        first time a name comes up, the study's first record of it is read (one query per name
+        and process), as RDBStorage reads it on every parameter.
+        """
+        cache = self._cache(study_id)
+        with self._lock:
+            known = cache.distributions.get(name)
+        if known is None:
+            rows = self._pipeline([(sql.DISTRIBUTION, {"study_id": study_id, "name": name})])
+            if rows[0]:
+                known = _distribution(rows[0][0][0])
+                with self._lock:
+                    cache.distributions.setdefault(name, known)
+        if known is not None:
+            check_distribution_compatibility(known, distribution)
+        return cache
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
@@ -314,42 +348,46 @@ class FastPostgresStorage(BaseStorage):
     ) -> bool:
         with self._lock:
             owned = self._owned.get(trial_id)
+            pending = self._pending[trial_id].snapshot() if owned is not None else _Pending()
         if owned is None or not state.is_finished():
             self._write_through(trial_id)
             return self._inner.set_trial_state_values(trial_id, state, values)
-        with self._lock:
-            pending = self._pending[trial_id].snapshot()
         # Whatever is still pending (a write in flight in the flusher is sent again: writes are
         # idempotent), then one call that finishes the trial and stores its values, only if it
         # is still RUNNING: one that was declared lost meanwhile must not get values.
         statements = [pending.statement(trial_id)] if pending else []
         stored = [TrialValueModel.value_to_stored_repr(float(v)) for v in values or []]
+        now = trial_now()
         statements.append(
             (
                 sql.FINISH,
                 {
                     "trial_id": trial_id,
                     "state": state.name,
-                    "now": _utcnow(),
+                    "now": now,
                     "values": _json([[i, v, kind.name] for i, (v, kind) in enumerate(stored)]),
                 },
             )
         )
-        done = bool(self._pipeline(statements)[-1][0][0])
-        finished = done or self._already_told(trial_id, state, values)
+        retried: list[bool] = []
+        done = bool(self._pipeline(statements, on_retry=lambda: retried.append(True))[-1][0][0])
+        # Only a retry can find its own work done (the first attempt committed, its answer was
+        # lost); a first attempt that finds the trial finished lost it to another worker.
+        finished = done or (bool(retried) and self._already_told(trial_id, state, values))
         with self._lock:
-            study_id = self._owned_study.pop(trial_id)
+            study_id = self._owned_study.pop(trial_id, None)  # None: dropped as lost meanwhile
             self._owned.pop(trial_id, None)
             self._pending.pop(trial_id, None)
-            cache = self._studies[study_id]
+            cache = None if study_id is None else self._studies.get(study_id)
             if done:  # what the database now holds, so that reading it back costs nothing
                 owned.state = state
                 owned.values = [float(v) for v in values] if values is not None else None
-                owned.datetime_complete = datetime.datetime.now()
+                owned.datetime_complete = now
                 self._finished[trial_id] = owned
-                if owned.number in cache.trials:  # known to the cache: it need not read it again
+                if cache is not None and owned.number in cache.trials:  # need not be read again
                     cache.put(owned)
-            cache.fresh = False
+            if cache is not None:
+                cache.fresh = False
         if not finished:
             raise optuna.exceptions.UpdateFinishedTrialError(
                 f"Trial#{owned.number} has already finished and can not be updated."
@@ -359,8 +397,9 @@ class FastPostgresStorage(BaseStorage):
     def _already_told(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None
     ) -> bool:
-        """A retry after a lost commit finds its own work done; anything else is a conflict
-        (the trial was failed as lost while this worker was unresponsive)."""
+        """Whether a retried tell finds its own work done (the first attempt committed and its
+        answer was lost); anything else is a conflict: the trial was failed as lost while this
+        worker was unresponsive."""
         stored = self._inner.get_trial(trial_id)
         return stored.state == state and (
             values is None or stored.values == [float(v) for v in values]
@@ -389,12 +428,30 @@ class FastPostgresStorage(BaseStorage):
             taken = {tid: pending.snapshot() for tid, pending in self._pending.items() if pending}
         if not taken:
             return
-        self._pipeline([pending.statement(tid) for tid, pending in taken.items()])
+        rows = self._pipeline([pending.statement(tid) for tid, pending in taken.items()])
         with self._lock:
-            for trial_id, written in taken.items():
+            for (trial_id, written), result in zip(taken.items(), rows, strict=True):
                 left = self._pending.get(trial_id)
                 if left is not None:
                     left.forget(written)
+                if not result[0][0]:
+                    self._drop_lost(trial_id)
+
+    def _drop_lost(self, trial_id: int) -> None:
+        """Forget a running trial that another worker finished (declared lost while this one
+        was unresponsive; it is re-run elsewhere): its late writes are dropped, and what this
+        process writes to it from now on raises UpdateFinishedTrialError, as Optuna does."""
+        owned = self._owned.pop(trial_id, None)
+        self._pending.pop(trial_id, None)
+        self._owned_study.pop(trial_id, None)
+        for cache in self._studies.values():
+            cache.fresh = False
+        if owned is not None:
+            log.warning(
+                "trial %d was finished by another worker while this one ran it (declared lost): "
+                "its late writes are dropped",
+                owned.number,
+            )
 
     def _write_through(self, trial_id: int) -> None:
         """Before a delegated call on a trial, write what is pending and forget cached copies."""
@@ -538,8 +595,9 @@ def _copy_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 def _copy_trial(trial: FrozenTrial) -> FrozenTrial:
     """What ``copy.deepcopy`` gives, at a fraction of its cost (three copies are taken per
-    trial): parameter values are plain scalars and distributions are never mutated, so one level
-    of copying suffices; attribute values may be mutable and are copied deeply."""
+    trial): parameter values are plain scalars and a distribution's fields are scalars or a tuple
+    of them, so one level of copying suffices; attribute values may be mutable and are copied
+    deeply."""
     return FrozenTrial(
         number=trial.number,
         state=trial.state,
@@ -548,7 +606,8 @@ def _copy_trial(trial: FrozenTrial) -> FrozenTrial:
         datetime_start=trial.datetime_start,
         datetime_complete=trial.datetime_complete,
         params=dict(trial.params),
-        distributions=dict(trial.distributions),
+        # Distributions are shared between the cache's trials: a copy gets its own.
+        distributions={name: copy.copy(d) for name, d in trial.distributions.items()},
         user_attrs=_copy_attrs(trial.user_attrs),
         system_attrs=_copy_attrs(trial.system_attrs),
         intermediate_values=dict(trial.intermediate_values),
@@ -575,8 +634,8 @@ def _frozen_trial(row: Sequence[Any]) -> FrozenTrial:
             for _o, v, kind in sorted(values or [])
         ]
         or None,
-        datetime_start=_local(start),
-        datetime_complete=_local(complete),
+        datetime_start=start,
+        datetime_complete=complete,
         params={name: distributions[name].to_external_repr(v) for name, v, _d in params or []},
         distributions=distributions,
         user_attrs={k: json.loads(v) for k, v in user or []},

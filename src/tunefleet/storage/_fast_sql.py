@@ -15,7 +15,7 @@ versions can share a database.
 
 from __future__ import annotations
 
-__all__ = ["ASK", "FINISH", "FUNCTIONS", "FUNCTION_NAMES", "SYNC", "WRITE"]
+__all__ = ["ASK", "DISTRIBUTION", "FINISH", "FUNCTIONS", "FUNCTION_NAMES", "SYNC", "WRITE"]
 
 # A trial as one row holding everything a FrozenTrial does, for ``FROM trials t``.
 _TRIAL_ROW = """t.trial_id, t.number, t.state::text, t.datetime_start, t.datetime_complete,
@@ -187,3 +187,9 @@ SYNC = """SELECT * FROM tunefleet_sync_v1(%(study_id)s::integer, %(oldest)s::int
 WRITE = "SELECT tunefleet_write_v1(%(trial_id)s::integer, %(writes)s::json)"
 FINISH = """SELECT tunefleet_finish_v1(
   %(trial_id)s::integer, %(state)s::text, %(now)s::timestamp, %(values)s::json)"""
+# A record of a parameter name in the study, to check a new parameter's kind against (the
+# query RDBStorage runs for every parameter; the fast path, once per name and process).
+DISTRIBUTION = """SELECT p.distribution_json FROM trial_params p
+  JOIN trials t ON t.trial_id = p.trial_id
+  WHERE t.study_id = %(study_id)s::integer AND p.param_name = %(name)s::text
+  LIMIT 1"""

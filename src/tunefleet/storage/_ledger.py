@@ -26,7 +26,6 @@ parameters and gives the slot back, so the re-run does not consume a second one.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import uuid
@@ -58,6 +57,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
 from tunefleet import constants
+from tunefleet.storage._clock import trial_now
 
 __all__ = ["Budget", "Ledger", "StaleClaim", "metadata"]
 
@@ -88,11 +88,6 @@ _trial_system_attrs = optuna_models.TrialSystemAttributeModel.__table__
 RETRY_OF_ATTR = constants.RETRY_OF_ATTR
 #: Trial system attribute set when a trial is created: the claim (budget slot) it belongs to.
 CLAIM_ATTR = constants.CLAIM_ATTR
-
-
-def _utcnow() -> datetime.datetime:
-    """Naive UTC, as Optuna's RDBStorage stores trial datetimes."""
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
 metadata = MetaData()
@@ -344,7 +339,7 @@ class Ledger:
                 trial_id = conn.execute(
                     update(_trials)
                     .where(_trials.c.trial_id == waiting.scalar_subquery())
-                    .values(state=TrialState.RUNNING, datetime_start=_utcnow())
+                    .values(state=TrialState.RUNNING, datetime_start=trial_now())
                     .returning(_trials.c.trial_id)
                 ).scalar_one_or_none()
                 claim_id: int = conn.execute(
