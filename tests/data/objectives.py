@@ -128,3 +128,11 @@ def leaks_the_url(trial: optuna.Trial) -> float:
     """Fails with the storage URL, password and all, in its message."""
     trial.suggest_float("x", 0, 1)
     raise ConnectionError(f"could not use {os.environ['TUNEFLEET_STORAGE']}")
+
+
+def mixed_kinds(trial: optuna.Trial) -> float:
+    """Suggests ``x`` as a float on even trials and as an int on odd ones: Optuna refuses the
+    second kind ("Cannot set different distribution kind to the same parameter name")."""
+    if trial.number % 2 == 0:
+        return trial.suggest_float("x", 0, 1)
+    return float(trial.suggest_int("x", 0, 10))

@@ -40,7 +40,7 @@ from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
 from tunefleet.storage._ledger import CLAIM_ATTR, Budget, Ledger
 from tunefleet.storage._ledger import metadata as ledger_metadata
 from tunefleet.storage._retry import Retrier, RetryingStorage, is_transient
-from tunefleet.storage._schema import create_schema
+from tunefleet.storage._schema import SQLITE_TRIGGERS, create_schema
 from tunefleet.storage._url import (
     EMBEDDED_FILENAME,
     STORAGE_ENV_VARS,
@@ -238,8 +238,8 @@ def _check_schema_version(storage: RDBStorage, url: URL) -> None:
 
 
 def _schema_names(url: URL) -> set[str]:
-    """The tables (and on PostgreSQL the fast path's functions) the database has: catalogue
-    queries, no lock."""
+    """The tables (and on PostgreSQL the fast path's functions, on SQLite the triggers) the
+    database has: catalogue queries, no lock."""
     if url.get_backend_name() == "sqlite" and not os.path.exists(sqlite_path(url)):
         return set()
     engine = create_engine(url, poolclass=NullPool, **_probe_kwargs(url))
@@ -253,17 +253,25 @@ def _schema_names(url: URL) -> set[str]:
                         {"names": list(fast_sql.FUNCTION_NAMES)},
                     ).scalars()
                 )
+            else:
+                names |= set(
+                    conn.execute(
+                        text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                    ).scalars()
+                )
     finally:
         engine.dispose()
     return names
 
 
 def _schema_ready(url: URL, names: set[str]) -> bool:
-    """Whether Optuna's and tunefleet's tables (and on PostgreSQL the fast path's functions) are
-    all among ``names``."""
+    """Whether Optuna's and tunefleet's tables (and on PostgreSQL the fast path's functions, on
+    SQLite the triggers) are all among ``names``."""
     wanted = _OPTUNA_TABLES | set(ledger_metadata.tables)
     if url.get_backend_name() == "postgresql":
         wanted |= set(fast_sql.FUNCTION_NAMES)
+    else:
+        wanted |= set(SQLITE_TRIGGERS)
     return wanted <= names
 
 

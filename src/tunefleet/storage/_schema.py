@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from tunefleet.storage import _fast_sql as fast_sql
 from tunefleet.storage._ledger import metadata as ledger_metadata
 
-__all__ = ["create_schema"]
+__all__ = ["SQLITE_TRIGGERS", "create_schema"]
 
 
 # Indexes on Optuna's trials table for the queries tunefleet runs on every trial: finding a queued
@@ -34,6 +34,20 @@ _TRIAL_INDEXES = (
     "CREATE INDEX IF NOT EXISTS tunefleet_ix_trials_study_number ON trials (study_id, number)",
 )
 
+# tunefleet's rows of a study go with the study whoever deletes it. On PostgreSQL the foreign keys
+# (ON DELETE CASCADE) see to it; SQLite enforces foreign keys only on connections that turn them
+# on, and stock Optuna's do not (`optuna delete-study`), which would leave the rows to a later
+# study that reuses the id (SQLite does reuse it). A trigger fires on every connection.
+SQLITE_TRIGGERS = {
+    "tunefleet_study_deleted": """
+CREATE TRIGGER IF NOT EXISTS tunefleet_study_deleted AFTER DELETE ON studies
+BEGIN
+  DELETE FROM tunefleet_claims WHERE study_id = OLD.study_id;
+  DELETE FROM tunefleet_workers WHERE study_id = OLD.study_id;
+  DELETE FROM tunefleet_studies WHERE study_id = OLD.study_id;
+END""",
+}
+
 
 def create_schema(conn: Connection) -> None:
     optuna_models.BaseModel.metadata.create_all(conn)
@@ -42,6 +56,9 @@ def create_schema(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
     if conn.dialect.name == "postgresql":
         for ddl in fast_sql.FUNCTIONS:
+            conn.exec_driver_sql(ddl)
+    if conn.dialect.name == "sqlite":
+        for ddl in SQLITE_TRIGGERS.values():
             conn.exec_driver_sql(ddl)
     version_info = optuna_models.VersionInfoModel.__table__
     if conn.execute(select(version_info.c.version_info_id)).first() is None:

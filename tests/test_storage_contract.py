@@ -1,0 +1,292 @@
+"""Optuna's storage contract on every tunefleet path: parameter kinds checked across the study,
+writes to finished trials refused, copies independent of the cache, one clock for stock Optuna and
+tunefleet, and stock deletes that leave nothing behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from tunefleet.storage import FleetStorage, open_storage
+from tunefleet.storage._fast import FastPostgresStorage
+
+from .conftest import DATA, clean_env, tunefleet
+
+OBJ = DATA / "objectives.py"
+KIND_ERROR = "Cannot set different distribution kind to the same parameter name"
+
+
+@pytest.fixture(params=["embedded", "pg-fast", "pg-stock", "pgbouncer-fast"])
+def path_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(URL, engine) for each path a worker can take."""
+    if request.param == "embedded":
+        return f"sqlite:///{tmp_path / 'tunefleet.db'}", "auto"
+    if request.param == "pgbouncer-fast":
+        return str(request.getfixturevalue("pgbouncer_url")), "fast"
+    return str(request.getfixturevalue("pg_url")), request.param.removeprefix("pg-")
+
+
+@pytest.fixture
+def opened(path_url: tuple[str, str]) -> Iterator[FleetStorage]:
+    storage = open_storage(path_url[0], engine=path_url[1])
+    yield storage
+    storage.close()
+
+
+def _study(storage: FleetStorage, name: str = "contract") -> optuna.Study:
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage.optuna,
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    storage.ledger.ensure_study(study._study_id, None, None)
+    return study
+
+
+def _ask(storage: FleetStorage, study: optuna.Study) -> optuna.Trial:
+    taken = storage.ask_trial(study, "w1")
+    assert taken is not None
+    return taken[1]
+
+
+def test_mixed_distributions_are_refused_on_every_path(
+    opened: FleetStorage, path_url: tuple[str, str]
+) -> None:
+    study = _study(opened)
+    first = _ask(opened, study)
+    first.suggest_float("x", 0, 1)
+    # Another trial of this process, still running: its kind counts before it is told.
+    second = _ask(opened, study)
+    with pytest.raises(ValueError, match=KIND_ERROR):
+        second.suggest_int("x", 0, 10)
+    study.tell(first, 0.5)
+    # Another process that has never seen the name reads the study's record of it.
+    other = open_storage(path_url[0], engine=path_url[1])
+    try:
+        other_study = _study(other)
+        third = _ask(other, other_study)
+        with pytest.raises(ValueError, match=KIND_ERROR):
+            third.suggest_categorical("x", ["a", "b"])
+        assert third.suggest_float("x", 0, 2) <= 2  # the same kind is fine
+        other_study.tell(third, 1.0)
+    finally:
+        other.close()
+    kinds = {type(d).__name__ for t in study.get_trials() for d in t.distributions.values()}
+    assert kinds == {"FloatDistribution"}
+
+
+def test_a_fleet_with_mixed_kinds_fails_the_odd_trials(path_url: tuple[str, str]) -> None:
+    url, engine = path_url
+    result = tunefleet(
+        "run", f"{OBJ}:mixed_kinds", "--storage", url, "--storage-engine", engine,
+        "--study", "mixed", "--n-trials", "6", "--workers", "1", "--sampler", "random", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    storage = open_storage(url, engine="stock")
+    try:
+        trials = optuna.load_study(study_name="mixed", storage=storage.optuna).get_trials()
+    finally:
+        storage.close()
+    for trial in trials:
+        if trial.number % 2:
+            assert trial.state == TrialState.FAIL
+            assert KIND_ERROR in trial.system_attrs["fail_reason"]
+        else:
+            assert trial.state == TrialState.COMPLETE
+    # A stock Optuna process can join the study: it holds one kind of x.
+    stock = optuna.load_study(study_name="mixed", storage=_stock_url(url))
+    stock.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert stock.trials[-1].state == TrialState.COMPLETE
+
+
+def test_a_write_to_a_finished_trial_raises(opened: FleetStorage) -> None:
+    study = _study(opened)
+    trial = _ask(opened, study)
+    trial.suggest_float("x", 0, 1)
+    study.tell(trial, 1.0)
+    storage = opened.optuna
+    distribution = FloatDistribution(0, 1)
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_param(trial._trial_id, "y", 0.5, distribution)
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_user_attr(trial._trial_id, "k", 1)
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_intermediate_value(trial._trial_id, 1, 0.5)
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [2.0])
+    assert storage.get_trial(trial._trial_id).values == [1.0]
+
+
+def test_a_lost_trials_late_writes_are_dropped_and_logged(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fast path defers writes; when another worker finished the trial meanwhile (declared
+    it lost), they are dropped on purpose, and later writes and the tell raise as Optuna does,
+    even a tell of the same state the other worker gave it."""
+    worker = open_storage(pg_url)
+    assert isinstance(worker.optuna, FastPostgresStorage)
+    rescuer = open_storage(pg_url, engine="stock")
+    try:
+        study = _study(worker)
+        trial = _ask(worker, study)
+        trial.suggest_float("x", 0, 1)
+        worker.optuna.flush()
+        rescuer.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        trial.set_user_attr("late", 1)
+        with caplog.at_level(logging.WARNING, logger="tunefleet.storage"):
+            worker.optuna.flush()
+        assert "declared lost" in caplog.text
+        with pytest.raises(UpdateFinishedTrialError):
+            trial.suggest_float("y", 0, 1)
+        with pytest.raises((UpdateFinishedTrialError, ValueError)):
+            study.tell(trial, state=TrialState.FAIL)
+        stored = rescuer.optuna.get_trial(trial._trial_id)
+        assert stored.state == TrialState.FAIL and "late" not in stored.user_attrs
+    finally:
+        worker.close()
+        rescuer.close()
+
+
+def test_a_tell_that_finds_its_trial_failed_by_another_is_not_already_told(pg_url: str) -> None:
+    worker = open_storage(pg_url)
+    rescuer = open_storage(pg_url, engine="stock")
+    try:
+        study = _study(worker)
+        trial = _ask(worker, study)
+        rescuer.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        with pytest.raises(UpdateFinishedTrialError):
+            worker.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    finally:
+        worker.close()
+        rescuer.close()
+
+
+def test_copies_share_nothing_with_the_cache(opened: FleetStorage) -> None:
+    study = _study(opened)
+    trial = _ask(opened, study)
+    trial.suggest_categorical("c", ["a", "b"])
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("list", [1, 2])
+    study.tell(trial, 1.0)
+    for copy in (opened.optuna.get_trial(trial._trial_id), study.get_trials()[0]):
+        copy.distributions["x"].high = 99.0  # type: ignore[attr-defined]
+        copy.user_attrs["list"].append(3)
+        copy.params["x"] = -1.0
+    again = study.get_trials()[0]
+    assert again.distributions["x"].high == 1.0  # type: ignore[attr-defined]
+    assert again.user_attrs["list"] == [1, 2]
+    assert again.params["x"] != -1.0
+    assert opened.optuna.get_trial(trial._trial_id).distributions["x"].high == 1.0  # type: ignore[attr-defined]
+
+
+# -- stock deletes ----------------------------------------------------------------------------
+
+
+def _stock_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+# The `optuna` command, run from this interpreter (its script may live in another environment).
+_OPTUNA_CLI = "import sys, optuna.cli; sys.argv[0] = 'optuna'; sys.exit(optuna.cli.main())"
+
+
+def _run(url: str, study: str, n: int) -> dict[str, object]:
+    result = tunefleet(
+        "run", f"{OBJ}:quadratic", "--storage", url, "--study", study, "--n-trials", str(n),
+        "--workers", "2", "--sampler", "random", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary: dict[str, object] = json.loads(result.stdout)
+    return summary
+
+
+@pytest.mark.parametrize("backend", ["embedded", "postgres"])
+def test_stock_delete_study_then_a_new_study(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'tunefleet.db'}"
+        if backend == "embedded"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    assert _run(url, "first", 3)["states"]["COMPLETE"] == 3  # type: ignore[index]
+    deleted = subprocess.run(
+        [sys.executable, "-c", _OPTUNA_CLI, "delete-study", "--storage", _stock_url(url),
+         "--study-name", "first"],
+        env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert deleted.returncode == 0, deleted.stderr
+    # The same name and another, each with a larger budget: nothing of the deleted study's
+    # budget, claims or workers is inherited (SQLite reuses the deleted study's id).
+    for name in ("first", "second"):
+        summary = _run(url, name, 5)
+        assert summary["n_trials"] == 5, summary
+        assert summary["states"]["COMPLETE"] == 5, summary  # type: ignore[index]
+        assert summary["states"]["RUNNING"] == 0, summary  # type: ignore[index]
+    optuna.delete_study(study_name="second", storage=_stock_url(url))
+    assert _run(url, "third", 4)["states"]["COMPLETE"] == 4  # type: ignore[index]
+
+
+# -- one clock --------------------------------------------------------------------------------
+
+_STOCK_WORKER = """
+import sys, optuna
+study = optuna.load_study(study_name=sys.argv[2], storage=sys.argv[1])
+study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+"""
+
+
+def _local_now(zone: str) -> dt.datetime:
+    return dt.datetime.now(ZoneInfo(zone)).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo"])
+@pytest.mark.parametrize("engine", ["fast", "stock"])
+def test_stock_optuna_and_tunefleet_agree_off_utc(
+    zone: str, engine: str, storage_url: str, tmp_path: Path
+) -> None:
+    """Stock Optuna processes and tunefleet workers (including a re-run that the ledger starts)
+    in one zone off UTC write trial times that agree: each within the test's wall-clock window,
+    in that zone, and every duration short."""
+    env = {"TZ": zone, "MARKER_DIR": str(tmp_path)}
+    before = _local_now(zone) - dt.timedelta(seconds=2)
+    name = "zones"
+    first = tunefleet(
+        "run", f"{OBJ}:fails_first_attempt", "--storage", storage_url, "--storage-engine", engine,
+        "--study", name, "--n-trials", "3", "--workers", "1", "--sampler", "random",
+        "--retry-failed", "1", env=env,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    stock_env = {**clean_env(), **env}
+    stock = subprocess.run(
+        [sys.executable, "-c", _STOCK_WORKER, _stock_url(storage_url), name],
+        env=stock_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert stock.returncode == 0, stock.stderr
+    second = tunefleet(
+        "worker", f"{OBJ}:quadratic", "--storage", storage_url, "--storage-engine", engine,
+        "--study", name, "--n-trials", "7", env=env,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    after = _local_now(zone) + dt.timedelta(seconds=2)
+    trials = optuna.load_study(study_name=name, storage=_stock_url(storage_url)).get_trials()
+    assert len(trials) >= 9
+    reruns = [t for t in trials if "tunefleet:retry_of" in t.system_attrs]
+    assert reruns, "a failed first attempt is re-run, started by the ledger"
+    for trial in trials:
+        assert trial.datetime_start is not None and trial.datetime_complete is not None
+        assert before <= trial.datetime_start <= trial.datetime_complete <= after, trial
+        assert (trial.datetime_complete - trial.datetime_start).total_seconds() < 120
