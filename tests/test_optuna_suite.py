@@ -29,7 +29,8 @@ import pytest
 
 from tests.conftest import require
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# One mode's run takes minutes (hundreds of tests, a fresh database each).
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(3300)]
 
 SUITE_DIR = Path(__file__).parent / "optuna_suite"
 STORAGE_TESTS = ["tests/storages_tests/test_storages.py"]

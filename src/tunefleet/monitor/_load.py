@@ -100,8 +100,8 @@ def load_frozen_trials(
                 state=state,
                 value=None,
                 values=trial_values,
-                datetime_start=start,
-                datetime_complete=complete,
+                datetime_start=q.to_local(start),
+                datetime_complete=q.to_local(complete),
                 params={
                     name: dists[name].to_external_repr(v)
                     for name, v, _raw in params.get(trial_id, ())

@@ -4,12 +4,12 @@ Monitoring reads Optuna's tables and tunefleet's ledger with plain SQL, a handfu
 queries, so that ``status`` stays fast on a study with tens of thousands of trials where loading
 every trial through Optuna would take seconds.
 
-Clocks: ``datetime_start``/``datetime_complete`` are each worker's local wall time, naive, for
-stock Optuna and tunefleet alike (:mod:`tunefleet.storage._clock`), while the ledger uses the
-database's clock. A trial's claim is taken just before
-the trial is created, so ``claimed_at`` is its start on the database's clock, and ``claimed_at +
-(datetime_complete - datetime_start)`` its end: durations are taken from one worker's clock, so
-skewed or differently zoned worker clocks cancel out.
+Clocks: the ``datetime_start``/``datetime_complete`` columns hold naive UTC, for stock Optuna 5 and
+tunefleet alike (:mod:`tunefleet.storage._clock`): read them with :func:`to_epoch`,
+:func:`to_local` and compare them with :func:`stored_now`. The ledger uses the database's clock.
+A trial's claim is taken just before the trial is created, so ``claimed_at`` is its start on the
+database's clock, and ``claimed_at + (datetime_complete - datetime_start)`` its end: durations are
+taken from one worker's clock, so skewed worker clocks cancel out.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
-from tunefleet.storage._clock import trial_epoch
+from tunefleet.storage._clock import stored_epoch, stored_to_local, utc_now
 from tunefleet.storage._ledger import epoch_now, fleet_claims, fleet_studies, fleet_workers
 
 __all__ = [
@@ -34,9 +34,11 @@ __all__ = [
     "directions_t",
     "epoch_now",
     "fleet",
+    "stored_now",
     "studies",
     "system_attrs",
     "to_epoch",
+    "to_local",
     "trial_seconds",
     "trial_value",
     "trials",
@@ -82,8 +84,18 @@ def _trial_seconds_sqlite(element: trial_seconds, compiler: SQLCompiler, **kw: A
 
 
 def to_epoch(value: dt.datetime | None) -> float | None:
-    """An Optuna timestamp (naive, the writing worker's local time) as seconds since the epoch."""
-    return trial_epoch(value)
+    """A trial time column's value (naive UTC) as seconds since the epoch."""
+    return stored_epoch(value)
+
+
+def to_local(value: dt.datetime | None) -> dt.datetime | None:
+    """A trial time column's value as a ``FrozenTrial`` holds it (naive local time)."""
+    return stored_to_local(value)
+
+
+def stored_now() -> dt.datetime:
+    """Now, comparable with the trial time columns."""
+    return utc_now()
 
 
 def decode_json(raw: str | None) -> Any:

@@ -285,7 +285,7 @@ def _rate(
         ).scalar_one()
     else:
         window = window_s
-        cutoff = dt.datetime.now() - dt.timedelta(seconds=window)
+        cutoff = q.stored_now() - dt.timedelta(seconds=window)
         count = conn.execute(
             select(func.count()).where(finished, t.c.datetime_complete >= cutoff)
         ).scalar_one()

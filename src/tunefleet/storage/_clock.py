@@ -1,28 +1,32 @@
 """The one clock convention for trial timestamps, for every writer and reader of a study.
 
-Optuna's ``RDBStorage`` (5.x and before) stamps ``datetime_start`` and ``datetime_complete`` with
-``datetime.now()``: the writing machine's local wall time, naive. Stock Optuna processes cannot be
-changed, so tunefleet writes the same (the fast path, the ledger's re-runs) and reads stored values
-the same way: as naive local time of the machine that wrote them.
-
-A trial's start and completion are stamped by the worker that runs it, so durations are right
-whatever each machine's zone; absolute times from machines in different zones differ by their
-offsets, exactly as between two stock Optuna processes. Monitoring places trials on the
-database's clock instead (the ledger's ``claimed_at``) and takes only durations from these stamps.
+Optuna 5's ``RDBStorage`` stores ``datetime_start`` and ``datetime_complete`` as naive **UTC** in
+the columns (its ORM model converts: ``datetime.now()`` in, naive local time out in each
+``FrozenTrial``). tunefleet keeps to it: what writes the columns directly (the fast path's
+functions, the ledger's re-runs) writes naive UTC; what builds a ``FrozenTrial`` from the columns
+converts to naive local time, as ``RDBStorage`` does; readers that take the columns as they are
+(monitoring) read them as UTC. Stored times then agree whatever each machine's time zone.
 """
 
 from __future__ import annotations
 
 import datetime
 
-__all__ = ["trial_epoch", "trial_now"]
+__all__ = ["stored_epoch", "stored_to_local", "utc_now"]
 
 
-def trial_now() -> datetime.datetime:
-    """Now, as Optuna stamps a trial: naive local wall time."""
-    return datetime.datetime.now()
+def utc_now() -> datetime.datetime:
+    """Now, as a trial time column holds it: naive UTC."""
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
-def trial_epoch(value: datetime.datetime | None) -> float | None:
-    """A stored trial timestamp (naive local time of its writer) as seconds since the epoch."""
-    return None if value is None else value.timestamp()
+def stored_to_local(value: datetime.datetime | None) -> datetime.datetime | None:
+    """A stored trial time (naive UTC) as ``RDBStorage`` returns it: naive local time."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)
+
+
+def stored_epoch(value: datetime.datetime | None) -> float | None:
+    """A stored trial time (naive UTC) as seconds since the epoch."""
+    return None if value is None else value.replace(tzinfo=datetime.UTC).timestamp()

@@ -52,7 +52,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tunefleet import constants
 from tunefleet.storage import _fast_sql as sql
-from tunefleet.storage._clock import trial_now
+from tunefleet.storage._clock import stored_to_local, utc_now
 from tunefleet.storage._retry import Retrier
 
 __all__ = ["FastPostgresStorage"]
@@ -227,7 +227,7 @@ class FastPostgresStorage(BaseStorage):
             "study_id": study_id,
             "worker_id": worker_id,
             "token": token,
-            "now": trial_now(),
+            "now": utc_now(),
             "worker_key": WORKER_ATTR,
             "worker_json": json.dumps(worker_id),
         }
@@ -357,7 +357,7 @@ class FastPostgresStorage(BaseStorage):
         # is still RUNNING: one that was declared lost meanwhile must not get values.
         statements = [pending.statement(trial_id)] if pending else []
         stored = [TrialValueModel.value_to_stored_repr(float(v)) for v in values or []]
-        now = trial_now()
+        now = utc_now()
         statements.append(
             (
                 sql.FINISH,
@@ -382,7 +382,7 @@ class FastPostgresStorage(BaseStorage):
             if done:  # what the database now holds, so that reading it back costs nothing
                 owned.state = state
                 owned.values = [float(v) for v in values] if values is not None else None
-                owned.datetime_complete = now
+                owned.datetime_complete = stored_to_local(now)
                 self._finished[trial_id] = owned
                 if cache is not None and owned.number in cache.trials:  # need not be read again
                     cache.put(owned)
@@ -634,8 +634,8 @@ def _frozen_trial(row: Sequence[Any]) -> FrozenTrial:
             for _o, v, kind in sorted(values or [])
         ]
         or None,
-        datetime_start=start,
-        datetime_complete=complete,
+        datetime_start=stored_to_local(start),
+        datetime_complete=stored_to_local(complete),
         params={name: distributions[name].to_external_repr(v) for name, v, _d in params or []},
         distributions=distributions,
         user_attrs={k: json.loads(v) for k, v in user or []},

@@ -57,7 +57,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
 from tunefleet import constants
-from tunefleet.storage._clock import trial_now
+from tunefleet.storage._clock import utc_now
 
 __all__ = ["Budget", "Ledger", "StaleClaim", "metadata"]
 
@@ -339,7 +339,7 @@ class Ledger:
                 trial_id = conn.execute(
                     update(_trials)
                     .where(_trials.c.trial_id == waiting.scalar_subquery())
-                    .values(state=TrialState.RUNNING, datetime_start=trial_now())
+                    .values(state=TrialState.RUNNING, datetime_start=utc_now())
                     .returning(_trials.c.trial_id)
                 ).scalar_one_or_none()
                 claim_id: int = conn.execute(
