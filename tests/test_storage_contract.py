@@ -236,6 +236,14 @@ def test_stock_delete_study_then_a_new_study(
         assert summary["n_trials"] == 5, summary
         assert summary["states"]["COMPLETE"] == 5, summary  # type: ignore[index]
         assert summary["states"]["RUNNING"] == 0, summary  # type: ignore[index]
+    # Optuna's own CLI reads the tunefleet study through the same URL.
+    listed = subprocess.run(
+        [sys.executable, "-c", _OPTUNA_CLI, "trials", "--storage", _stock_url(url),
+         "--study-name", "second", "-f", "json"],
+        env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert [row["state"] for row in json.loads(listed.stdout)] == ["COMPLETE"] * 5
     optuna.delete_study(study_name="second", storage=_stock_url(url))
     assert _run(url, "third", 4)["states"]["COMPLETE"] == 4  # type: ignore[index]
 

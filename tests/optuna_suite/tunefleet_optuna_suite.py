@@ -66,15 +66,26 @@ MODES = {
     "tunefleet_pgbouncer_ask": Mode("pgbouncer", "fast", ask=True),
 }
 
-_TAGGED = "a trial made by tunefleet's ask carries tunefleet's system attributes (worker, claim)"
+_TAGGED = (
+    "a trial made by tunefleet's ask carries tunefleet's system attribute tunefleet:worker; the "
+    "test asserts the exact set of system attributes (or dataframe columns)"
+)
 _REUSED_ID = (
     "SQLite reuses a deleted study's id, as RDBStorage does: Optuna exempts RDBStorage from this "
     "assertion by type"
+)
+_DEEPCOPY = (
+    "the fast path copies trials with a cheaper equivalent of copy.deepcopy (its copies share "
+    "nothing mutable: tests/test_storage_contract.py); the test counts copy.deepcopy calls"
 )
 #: Tests that fail for reasons that are not incompatibilities: (nodeid pattern, reason).
 EXPECTED_FAILURES: list[tuple[str, str]] = [
     ("*::test_create_new_trial[*_ask]", _TAGGED),
     ("*::test_set_trial_system_attr[*_ask]", _TAGGED),
+    ("*::test_lazy_trial_system_attrs[*_ask]", _TAGGED),
+    ("*::test_trials_dataframe*[*_ask]", _TAGGED),
+    ("*::test_get_trials[tunefleet_pg_fast*]", _DEEPCOPY),
+    ("*::test_get_trials[tunefleet_pgbouncer*]", _DEEPCOPY),
     ("*::test_create_new_study_unique_id[tunefleet_embedded*]", _REUSED_ID),
 ]
 
