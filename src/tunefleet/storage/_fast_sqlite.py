@@ -114,6 +114,9 @@ class FastSqliteStorage(BaseStorage):
         self._param_distributions: dict[int, dict[str, BaseDistribution]] = {}
         self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
+        # Held by a flush and by a tell from taking their snapshot of pending writes to the end of
+        # their transaction: a flush never writes what a tell has already written and finished.
+        self._write_lock = threading.Lock()
 
     # -- the database ------------------------------------------------------------------------
 
@@ -352,6 +355,22 @@ class FastSqliteStorage(BaseStorage):
         if owned is None or not state.is_finished():
             self._write_through()
             return self._inner.set_trial_state_values(trial_id, state, values)
+        with self._write_lock:
+            done, told = self._finish(trial_id, owned, state, values)
+        if not (done or told):
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"Trial#{owned.number} has already finished and can not be updated."
+            )
+        return True
+
+    def _finish(
+        self,
+        trial_id: int,
+        owned: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> tuple[bool, bool]:
+        """Finish an owned trial in one transaction; return (done, told before by a retry)."""
         study_id, worker_id = self._owned_by[trial_id]
         with self._lock:
             pending = self._pending[trial_id].snapshot()
@@ -393,11 +412,7 @@ class FastSqliteStorage(BaseStorage):
                 if owned.number in cache.trials:
                     cache.put(owned)
             cache.fresh = False
-        if not (done or told):
-            raise optuna.exceptions.UpdateFinishedTrialError(
-                f"Trial#{owned.number} has already finished and can not be updated."
-            )
-        return True
+        return done, told
 
     @staticmethod
     def _told_already(
@@ -475,21 +490,22 @@ class FastSqliteStorage(BaseStorage):
     def flush(self) -> None:
         """Write every pending parameter, intermediate value and attribute now, in one
         transaction."""
-        with self._lock:
-            taken = {tid: pending.snapshot() for tid, pending in self._pending.items() if pending}
-        if not taken:
-            return
+        with self._write_lock:
+            with self._lock:
+                taken = {t: pending.snapshot() for t, pending in self._pending.items() if pending}
+            if not taken:
+                return
 
-        def write(conn: sqlite3.Connection, _retried: bool) -> None:
-            for trial_id, pending in taken.items():
-                self._write_pending(conn, trial_id, pending)
+            def write(conn: sqlite3.Connection, _retried: bool) -> None:
+                for trial_id, pending in taken.items():
+                    self._write_pending(conn, trial_id, pending)
 
-        self._transaction(write)
-        with self._lock:
-            for trial_id, written in taken.items():
-                left = self._pending.get(trial_id)
-                if left is not None:
-                    left.forget(written)
+            self._transaction(write)
+            with self._lock:
+                for trial_id, written in taken.items():
+                    left = self._pending.get(trial_id)
+                    if left is not None:
+                        left.forget(written)
 
     def _write_through(self) -> None:
         """Before a delegated call, write what is pending and forget that the cache is fresh."""
