@@ -117,6 +117,10 @@ class FleetStorage:
         if popped is not None:
             trial_id = popped
             self.optuna.set_trial_system_attr(trial_id, WORKER_ATTR, worker_id)
+            # Optuna's cache learns of a trial when it reads the study (stock Optuna's ask
+            # reads the queued trials before it pops one): a parameter set on a trial it has
+            # not seen would fail.
+            self.optuna.get_all_trials(study_id, deepcopy=False)
         else:
             # Created with its claim's id on it, in one transaction: should this worker die
             # before the link below, the trial can still be found and re-run.
@@ -187,9 +191,7 @@ def open_storage(
     if url.get_backend_name() == "postgresql" and engine in ("auto", "fast"):
         optuna_storage = FastPostgresStorage(optuna_storage, storage.engine, retrier)
     elif engine in ("auto", "fast"):
-        # Calls it delegates go through Optuna's cache too, as on the stock engine.
-        cached = RetryingStorage(_CachedStorage(storage), retrier)
-        optuna_storage = FastSqliteStorage(cached, sqlite_path(url), retrier)
+        optuna_storage = FastSqliteStorage(optuna_storage, sqlite_path(url), retrier)
     else:
         # What optuna.storages.get_storage(url) gives: RDBStorage behind Optuna's own cache of
         # finished trials, so that a sampler's read of the study does not read it all again.

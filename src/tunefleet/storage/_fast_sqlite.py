@@ -87,8 +87,8 @@ class FastSqliteStorage(BaseStorage):
     """An Optuna storage for tunefleet workers on the embedded store; see the module docstring.
 
     Args:
-        inner: the stock storage (Optuna's cached ``RDBStorage``, retrying) that everything else is
-            delegated to.
+        inner: the stock storage (a retrying ``RDBStorage``) that everything else is delegated
+            to.
         path: the SQLite file.
         retrier: retries transient failures (a lock held past the busy timeout), as for the rest.
         flush_interval: how soon a suggested parameter reaches the database, in seconds.
