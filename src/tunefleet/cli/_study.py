@@ -112,7 +112,7 @@ def study_options(func: F) -> F:
         click.option(
             "--storage-engine",
             type=click.Choice(["auto", "fast", "stock"]),
-            help="On PostgreSQL: tunefleet's fast path or Optuna's RDBStorage as is [auto: fast].",
+            help="tunefleet's fast engine or Optuna's RDBStorage (cached) [auto: fast].",
         ),
         click.option(
             "--db-wait",

@@ -25,7 +25,7 @@ import optuna
 import psycopg
 import sqlalchemy.exc
 from optuna import Study, Trial
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import BaseStorage, RDBStorage, _CachedStorage
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
@@ -37,6 +37,7 @@ from tunefleet.storage import _fast_sql as fast_sql
 from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
 from tunefleet.storage._errors import translate_db_error
 from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
+from tunefleet.storage._fast_sqlite import FastSqliteStorage
 from tunefleet.storage._ledger import CLAIM_ATTR, Budget, Ledger
 from tunefleet.storage._ledger import metadata as ledger_metadata
 from tunefleet.storage._retry import Retrier, RetryingStorage, is_transient
@@ -103,7 +104,7 @@ class FleetStorage:
         then the trial's creation and its link to the claim.
         """
         study_id = study._study_id
-        if isinstance(self.optuna, FastPostgresStorage):
+        if isinstance(self.optuna, FastPostgresStorage | FastSqliteStorage):
             asked = self.optuna.ask(study_id, worker_id)
             if asked is None:
                 return None
@@ -116,6 +117,10 @@ class FleetStorage:
         if popped is not None:
             trial_id = popped
             self.optuna.set_trial_system_attr(trial_id, WORKER_ATTR, worker_id)
+            # Optuna's cache learns of a trial when it reads the study (stock Optuna's ask
+            # reads the queued trials before it pops one): a parameter set on a trial it has
+            # not seen would fail.
+            self.optuna.get_all_trials(study_id, deepcopy=False)
         else:
             # Created with its claim's id on it, in one transaction: should this worker die
             # before the link below, the trial can still be found and re-run.
@@ -133,7 +138,7 @@ class FleetStorage:
         return claim_id, Trial(study, trial_id)
 
     def close(self) -> None:
-        if isinstance(self.optuna, FastPostgresStorage):
+        if isinstance(self.optuna, FastPostgresStorage | FastSqliteStorage):
             self.optuna.close()
         self.engine.dispose()
 
@@ -148,9 +153,10 @@ def open_storage(
     yet (a serverless compute waking up, a server restarting) is retried with backoff for up to
     ``db_wait`` seconds; so is every later call through the returned storage.
 
-    ``engine`` picks the Optuna storage on PostgreSQL: ``fast`` (the default there, see
-    :mod:`tunefleet.storage._fast`) or ``stock`` (Optuna's ``RDBStorage`` as is). The embedded
-    store always uses the stock one.
+    ``engine`` picks the Optuna storage: ``fast`` (the default, ``auto``: on PostgreSQL
+    :mod:`tunefleet.storage._fast`, on the embedded store :mod:`tunefleet.storage._fast_sqlite`)
+    or ``stock`` (Optuna's ``RDBStorage`` behind Optuna's own cache, as
+    ``optuna.storages.get_storage`` gives it).
 
     ``create=False`` is for readers (``status``, ``trials``, ...): a database that holds no
     studies at all is an error rather than a place to create tables in, so a mistyped URL does
@@ -184,6 +190,12 @@ def open_storage(
     optuna_storage: BaseStorage = RetryingStorage(storage, retrier)
     if url.get_backend_name() == "postgresql" and engine in ("auto", "fast"):
         optuna_storage = FastPostgresStorage(optuna_storage, storage.engine, retrier)
+    elif engine in ("auto", "fast"):
+        optuna_storage = FastSqliteStorage(optuna_storage, sqlite_path(url), retrier)
+    else:
+        # What optuna.storages.get_storage(url) gives: RDBStorage behind Optuna's own cache of
+        # finished trials, so that a sampler's read of the study does not read it all again.
+        optuna_storage = RetryingStorage(_CachedStorage(storage), retrier)
     return FleetStorage(
         url=url,
         optuna=optuna_storage,
