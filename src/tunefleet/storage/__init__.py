@@ -34,7 +34,12 @@ from sqlalchemy.pool import NullPool
 from tunefleet import constants
 from tunefleet.errors import NoStudiesError, StorageError, TunefleetError
 from tunefleet.storage import _fast_sql as fast_sql
-from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
+from tunefleet.storage._engine import (
+    QUERY_TIMEOUT_S,
+    configure_engine,
+    engine_kwargs,
+    sqlite_path,
+)
 from tunefleet.storage._errors import translate_db_error
 from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
 from tunefleet.storage._ledger import CLAIM_ATTR, Budget, Ledger
@@ -139,7 +144,11 @@ class FleetStorage:
 
 
 def open_storage(
-    raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S, engine: str = "auto", create: bool = True
+    raw_url: str,
+    db_wait: float = DEFAULT_DB_WAIT_S,
+    engine: str = "auto",
+    create: bool = True,
+    query_timeout: float = QUERY_TIMEOUT_S,
 ) -> FleetStorage:
     """Open (and, on first use, initialise) the store at ``raw_url``.
 
@@ -152,6 +161,9 @@ def open_storage(
     :mod:`tunefleet.storage._fast`) or ``stock`` (Optuna's ``RDBStorage`` as is). The embedded
     store always uses the stock one.
 
+    ``query_timeout`` bounds how long one transaction may wait on PostgreSQL before its
+    connection is presumed dead and the call retried on a new one.
+
     ``create=False`` is for readers (``status``, ``trials``, ...): a database that holds no
     studies at all is an error rather than a place to create tables in, so a mistyped URL does
     not leave an empty schema behind.
@@ -163,7 +175,7 @@ def open_storage(
     url = parse_storage_url(raw_url)
     retrier = Retrier(db_wait, display_url(url))
     try:
-        storage = retrier.call(lambda: _open_rdb(url, create))
+        storage = retrier.call(lambda: _open_rdb(url, create, query_timeout))
     except TunefleetError:
         raise
     except RuntimeError as exc:
@@ -178,7 +190,6 @@ def open_storage(
         if db_wait > 0 and is_transient(exc):
             error = StorageError(f"{error} (gave up after {db_wait:g}s; --db-wait sets how long)")
         raise error from exc
-    configure_engine(storage.engine)
     if engine not in ENGINES:
         raise StorageError(f"unknown --storage-engine '{engine}': use {', '.join(ENGINES)}")
     optuna_storage: BaseStorage = RetryingStorage(storage, retrier)
@@ -193,7 +204,7 @@ def open_storage(
     )
 
 
-def _open_rdb(url: URL, create: bool = True) -> RDBStorage:
+def _open_rdb(url: URL, create: bool = True, query_timeout: float = QUERY_TIMEOUT_S) -> RDBStorage:
     names = _schema_names(url)
     if not _schema_ready(url, names):
         if not create and "studies" not in names:
@@ -204,6 +215,7 @@ def _open_rdb(url: URL, create: bool = True) -> RDBStorage:
         with _schema_lock(url) as conn:
             create_schema(conn)
     storage = _rdb_storage(url, create_tables=False)
+    configure_engine(storage.engine, query_timeout)
     _check_schema_version(storage, url)
     return storage
 
