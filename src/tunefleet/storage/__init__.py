@@ -16,6 +16,7 @@ Two stores exist:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,7 +43,13 @@ from tunefleet.storage._engine import (
 )
 from tunefleet.storage._errors import translate_db_error
 from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
-from tunefleet.storage._ledger import CLAIM_ATTR, Budget, Ledger
+from tunefleet.storage._ledger import (
+    CLAIM_ATTR,
+    Budget,
+    ClaimCheckedRDBStorage,
+    ClaimTakenBack,
+    Ledger,
+)
 from tunefleet.storage._ledger import metadata as ledger_metadata
 from tunefleet.storage._retry import Retrier, RetryingStorage, is_transient
 from tunefleet.storage._schema import create_schema
@@ -69,6 +76,8 @@ __all__ = [
     "parse_storage_url",
     "resolve_storage_url",
 ]
+
+log = logging.getLogger("tunefleet.storage")
 
 # Any constant works as long as every tunefleet process uses the same one: it names the
 # transaction-scoped advisory lock that serialises schema creation ("tunefleet" in ASCII).
@@ -122,18 +131,26 @@ class FleetStorage:
             trial_id = popped
             self.optuna.set_trial_system_attr(trial_id, WORKER_ATTR, worker_id)
         else:
-            # Created with its claim's id on it, in one transaction: should this worker die
-            # before the link below, the trial can still be found and re-run.
+            # Created with its claim's id on it and linked to the claim, in one transaction that
+            # first checks the claim is still this worker's (see ClaimCheckedRDBStorage).
             template = optuna.trial.create_trial(
                 state=TrialState.RUNNING,
                 system_attrs={WORKER_ATTR: worker_id, CLAIM_ATTR: claim_id},
             )
             try:
                 trial_id = self.optuna.create_new_trial(study_id, template_trial=template)
+            except ClaimTakenBack:
+                # This worker was paused past the grace period and its slot given back: the
+                # slot is no longer its to fill. Claim afresh.
+                log.warning(
+                    "budget slot %d was taken back while this worker was unresponsive: "
+                    "claiming another",
+                    claim_id,
+                )
+                return self.ask_trial(study, worker_id)
             except BaseException:
                 self.ledger.release(claim_id)
                 raise
-            self.ledger.attach(claim_id, trial_id)
         study._thread_local.cached_all_trials = None  # what study.ask() does first
         return claim_id, Trial(study, trial_id)
 
@@ -226,7 +243,7 @@ def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
     # starting at once as the pool has server connections each hold one and wait for another,
     # until the pooler gives up (PgBouncer's query_wait_timeout, 120 s). The check is made
     # instead by _check_schema_version, one connection at a time.
-    return RDBStorage(
+    return ClaimCheckedRDBStorage(
         url.render_as_string(hide_password=False),
         engine_kwargs=engine_kwargs(url),
         skip_table_creation=not create_tables,
