@@ -157,7 +157,7 @@ def test_sixteen_workers_killed_and_stopped_keep_the_budget_exact(
             if signal_one(stock_url, sig, rng):
                 killed += 1
             time.sleep(1.0)
-        out, err = fleet.communicate(timeout=240)
+        _out, err = fleet.communicate(timeout=240)
     finally:
         if fleet.poll() is None:
             fleet.kill()

@@ -51,7 +51,7 @@ _POLL_MIN_S, _POLL_MAX_S = 0.2, 2.0
 #: After SIGTERM/SIGINT, how long a worker may take to hand its trial back before it exits
 #: anyway: a call blocked on a dead database must not keep a pod (or ``run``) waiting. A trial it
 #: could not hand back is taken over by another worker after the grace period.
-STOP_DEADLINE_S = 10.0
+STOP_DEADLINE_S = 5.0
 
 
 class Interrupted(BaseException):

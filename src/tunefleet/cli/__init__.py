@@ -7,6 +7,7 @@ commands lives in a module of its own and is registered here.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("TUNEFLEET_DEBUG", "") not in ("", "0")
     # --debug is accepted anywhere on the line, not only before the command.
     args = (["--debug"] if "--debug" in args else []) + [a for a in args if a != "--debug"]
+    if not debug:
+        # SQLAlchemy's pool logs a traceback for every dead connection it resets or closes;
+        # the retrier already says, once, that the database is unavailable and when it is back.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     try:
         code = cli.main(args=args, prog_name="tunefleet", standalone_mode=False)
     except click.exceptions.Exit as exc:
