@@ -49,7 +49,11 @@ __all__ = ["DIRECTIONS", "PRUNERS", "SAMPLERS", "StudySpec", "load_spec", "parse
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsgaii")
 PRUNERS = ("none", "median", "hyperband")
 DIRECTIONS = ("minimize", "maximize")
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,511}$")
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,511}")
+#: The largest budget: a PostgreSQL integer column holds it.
+MAX_TRIALS = 2**31 - 1
+#: Sampler seeds are 32-bit (NumPy); a worker adds its ordinal, wrapping around (see Worker).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,13 @@ class StudySpec:
             where = f"{flag}" if source == "option" else f"'{key}' in {source}"
             return ConfigError(f"invalid {where}: {why}")
 
-        if self.n_trials is not None and self.n_trials <= 0:
-            raise bad("n_trials", f"must be a positive number of trials, got {self.n_trials}")
+        if self.n_trials is not None and not 0 < self.n_trials <= MAX_TRIALS:
+            raise bad(
+                "n_trials",
+                f"must be a number of trials from 1 to {MAX_TRIALS}, got {self.n_trials}",
+            )
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be from 0 to {MAX_SEED} (2**32 - 1), got {self.seed}")
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise bad("timeout", f"must be a positive number of seconds, got {self.timeout}")
         if not (self.heartbeat_interval > 0 and math.isfinite(self.heartbeat_interval)):
@@ -153,6 +162,8 @@ class StudySpec:
             raise bad("retry_failed", f"must be 0 or more, got {self.retry_failed}")
         if not (self.db_wait >= 0 and math.isfinite(self.db_wait)):
             raise bad("db_wait", f"must be 0 or more seconds, got {self.db_wait}")
+        if self.retry_failed > MAX_TRIALS:
+            raise bad("retry_failed", f"must be at most {MAX_TRIALS}, got {self.retry_failed}")
         if self.max_restarts is not None and self.max_restarts < 0:
             raise bad("max_restarts", f"must be 0 or more, got {self.max_restarts}")
         if self.storage_engine not in ENGINES:
@@ -166,7 +177,7 @@ class StudySpec:
             raise bad("sampler", f"'{self.sampler}' is not one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
             raise bad("pruner", f"'{self.pruner}' is not one of {', '.join(PRUNERS)}")
-        if self.study is not None and not _STUDY_NAME.match(self.study):
+        if self.study is not None and not _STUDY_NAME.fullmatch(self.study):
             raise bad(
                 "study",
                 f"'{self.study}' is not a usable study name (letters, digits, "
@@ -209,6 +220,10 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"--config file '{path}' not found: check the path") from None
     except OSError as exc:
         raise ConfigError(f"cannot read --config file '{path}': {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config file '{path}' is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config file '{path}' is not valid TOML: {exc}") from None
     return spec_from_mapping(data, source=str(path))

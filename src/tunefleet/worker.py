@@ -113,7 +113,7 @@ class Worker:
         )
         # Every worker gets its own sampler seed, so seeded parallel workers do not propose the
         # same parameters; with one worker, --seed alone makes the study repeatable.
-        seed = None if self.spec.seed is None else self.spec.seed + ordinal
+        seed = None if self.spec.seed is None else (self.spec.seed + ordinal) % 2**32
         n_objectives = len(fleet_study.study.directions)
         fleet_study.study.sampler = make_sampler(self.spec.sampler, seed, n_objectives)
         heartbeat = _Heartbeat(self, fleet_study.study_id)

@@ -14,6 +14,9 @@ import traceback
 from collections.abc import Sequence
 
 import click
+import optuna
+import psycopg
+import sqlalchemy.exc
 
 from tunefleet._redact import redact
 from tunefleet.cli._data import data
@@ -21,7 +24,9 @@ from tunefleet.cli._k8s import k8s
 from tunefleet.cli._monitor import best, dashboard, report, status, studies, trials
 from tunefleet.cli._rescore import rescore
 from tunefleet.cli._study import run, worker
+from tunefleet.constants import ExitCode
 from tunefleet.errors import TunefleetError
+from tunefleet.storage._errors import _root_message
 
 __all__ = ["cli", "main"]
 
@@ -85,12 +90,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
+    except DATABASE_ERRORS as exc:
+        # An outage that outlasted --db-wait mid-command (at start, open_storage says more).
+        if debug:
+            _traceback()
+        _error(
+            f"the database failed: {_root_message(exc)}: gave up after --db-wait; run the "
+            "command again once the database is back (finished trials are kept)"
+        )
+        code = ExitCode.STORAGE
     except Exception as exc:
         if debug:
             _traceback()
         _error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+DATABASE_ERRORS = (
+    sqlalchemy.exc.SQLAlchemyError,
+    psycopg.Error,
+    optuna.exceptions.StorageInternalError,
+)
 
 
 def _error(message: str) -> None:

@@ -248,6 +248,7 @@ def run(
     with FleetProgress(console, fleet_study.name, spec.n_trials) as progress, _sigterm_raises():
         fleet.start()
         done_since: float | None = None
+        budget_seen = fleet_study.budget.n_trials
         try:
             while fleet.running() or _restart_crashed(
                 fleet, fleet_study, max_restarts, given_up, console
@@ -256,6 +257,7 @@ def run(
                 time.sleep(0.5)
                 _restart_crashed(fleet, fleet_study, max_restarts, given_up, console)
                 done_since = _stop_stragglers(fleet, fleet_study, done_since, spec, console)
+                budget_seen = _announce_budget_change(fleet_study, budget_seen, console)
             progress.update(summarize(fleet_study))
         except (KeyboardInterrupt, _Terminated) as exc:
             signalled = ExitCode.SIGTERM if isinstance(exc, _Terminated) else ExitCode.SIGINT
@@ -269,11 +271,17 @@ def run(
     code = done(0 if study_done else 1, fleet.restarts)
     if failed and not study_done:
         listing = ", ".join(f"w{i} {describe_exit(c)}" for i, c in failed)
-        raise TunefleetError(
+        raise WorkersFailed(
             f"the study is not done: {len(failed)} of {n_workers} workers failed ({listing}) "
             f"after {fleet.restarts} restarts: rerun with -v to see their logs"
         )
     return code
+
+
+class WorkersFailed(TunefleetError):
+    """``run`` ended with the study not done because its workers kept failing."""
+
+    exit_code = ExitCode.UNEXPECTED
 
 
 class _Terminated(Exception):
@@ -291,6 +299,21 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _announce_budget_change(
+    fleet_study: FleetStudy, seen: int | None, console: Console
+) -> int | None:
+    """Say so when another run or worker sets the study's budget (``--n-trials`` is absolute,
+    the last one given wins): this run now ends at that budget, not at its own."""
+    n_trials = fleet_study.storage.ledger.budget(fleet_study.study_id).n_trials
+    if n_trials != seen:
+        console.print(
+            f"the budget of study {fleet_study.name} was changed to {n_trials} trials by "
+            "another run or worker: this run now ends there",
+            highlight=False,
+        )
+    return n_trials
 
 
 def _stop_stragglers(

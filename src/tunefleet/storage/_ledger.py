@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ from tunefleet import constants
 
 __all__ = ["Budget", "ClaimCheckedRDBStorage", "ClaimTakenBack", "Ledger", "StaleClaim", "metadata"]
 
+log = logging.getLogger("tunefleet.storage")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -311,6 +313,17 @@ class Ledger:
                 .on_conflict_do_nothing(index_elements=["study_id"])
             )
             if n_trials is not None:
+                before = conn.execute(
+                    select(fleet_studies.c.n_trials).where(fleet_studies.c.study_id == study_id)
+                ).scalar_one()
+                if before is not None and before != n_trials:
+                    log.warning(
+                        "the study's budget changes from %d to %d trials: every worker of it "
+                        "now stops at %d",
+                        before,
+                        n_trials,
+                        n_trials,
+                    )
                 conn.execute(
                     update(fleet_studies)
                     .where(
