@@ -31,8 +31,8 @@ Flags override the file. The storage URL may be given here too, but the environm
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
-import json
 import math
 import re
 import tomllib
@@ -127,7 +127,7 @@ class StudySpec:
             self.storage_engine,
         ]
         for key, value in self.objective_args.items():
-            args += ["--objective-arg", f"{key}={json.dumps(value)}"]
+            args += ["--objective-arg", f"{key}={toml_value(value)}"]
         return args
 
     def validated(self, source: str = "option") -> StudySpec:
@@ -180,7 +180,7 @@ class StudySpec:
         if self.study is not None and not _STUDY_NAME.fullmatch(self.study):
             raise bad(
                 "study",
-                f"'{self.study}' is not a usable study name (letters, digits, "
+                f"{self.study!r} is not a usable study name (letters, digits, "
                 "'.', '_' and '-', starting with a letter or digit)",
             )
         return self
@@ -262,6 +262,46 @@ def spec_from_mapping(data: Mapping[str, Any], source: str) -> StudySpec:
         if key in values:
             values[key] = float(values[key])
     return StudySpec(**values).validated(source=source)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` written as a TOML value: what :func:`parse_objective_args` reads back exactly
+    (tables, arrays, nan and inf, dates and times), so workers get the parent's types."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_string(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ConfigError(
+        f"objective argument {value!r} ({type(value).__name__}) cannot be passed to workers: "
+        "use strings, numbers, booleans, dates, arrays or tables"
+    )
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for char in text:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def parse_objective_args(items: Sequence[str]) -> dict[str, Any]:
