@@ -183,3 +183,35 @@ def test_workers_die_with_a_killed_run_and_fail_nothing(sqlite_url: str) -> None
     rest = tunefleet("worker", CHATTY, *study, env={"SLEEP_S": "0.01"})
     assert rest.returncode == 0, rest.stderr
     assert_exact_and_clean(sqlite_url, "orphans", 30)
+
+
+def test_run_ends_at_the_deadline_with_a_stuck_worker_and_leaves_nothing_running(
+    sqlite_url: str,
+) -> None:
+    fleet = _popen(
+        "run",
+        f"{OBJ}:sleepy",
+        *("--study", "deadline", "--storage", sqlite_url, "--timeout", "30", "--workers", "2"),
+        env={"SLEEP_S": "3"},
+    )
+    try:
+        wait_for(lambda: bool(running_trials(sqlite_url, "deadline")), what="a running trial")
+        pids = live_worker_pids(sqlite_url)
+        os.kill(pids[0], signal.SIGSTOP)  # stuck inside its trial, past the deadline
+        _out, err = fleet.communicate(timeout=120)
+    finally:
+        if fleet.poll() is None:
+            fleet.kill()
+            fleet.wait()
+    assert fleet.returncode == 0, err
+    assert not _alive(pids[0])
+    left = [
+        t
+        for t in trials(sqlite_url, "deadline")
+        if t.state in (TrialState.RUNNING, TrialState.WAITING)
+    ]
+    assert not left, left
+
+
+def running_trials(url: str, study: str) -> list[FrozenTrial]:
+    return [t for t in trials(url, study) if t.state == TrialState.RUNNING]

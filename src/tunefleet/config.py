@@ -141,7 +141,7 @@ class StudySpec:
         if self.n_trials is not None and not 0 < self.n_trials <= MAX_TRIALS:
             raise bad(
                 "n_trials",
-                f"must be a number of trials from 1 to {MAX_TRIALS}, got {self.n_trials}",
+                f"must be a positive number of trials, at most {MAX_TRIALS}, got {self.n_trials}",
             )
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise bad("seed", f"must be from 0 to {MAX_SEED} (2**32 - 1), got {self.seed}")

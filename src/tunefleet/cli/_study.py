@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,13 +14,15 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import click
+import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
 
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
-from tunefleet.constants import ExitCode
+from tunefleet.constants import LOST_ATTR, ExitCode
 from tunefleet.errors import ConfigError, TunefleetError
 from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
@@ -338,7 +341,26 @@ def _stop_stragglers(
         highlight=False,
     )
     fleet.stop()
+    _fail_orphaned_trials(fleet_study)
     return done_since
+
+
+def _fail_orphaned_trials(fleet_study: FleetStudy) -> None:
+    """After stopping the last workers of a done study, fail as lost the trials they could not
+    hand back (killed while stuck), so none stays RUNNING. The study is done: nothing is
+    re-queued, and the slot is given back (the trial does not count)."""
+    storage, study_id = fleet_study.storage, fleet_study.study_id
+    for claim in storage.ledger.take_stale_claims(study_id, "tunefleet-run", grace=0):
+        if claim.trial_id is not None:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.optuna.set_trial_system_attr(
+                    claim.trial_id, LOST_ATTR, f"worker {claim.worker_id} stopped by run: stuck"
+                )
+                storage.optuna.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+            if storage.optuna.get_trial(claim.trial_id).state != TrialState.FAIL:
+                storage.ledger.keep_claim(claim.claim_id)  # it finished after all
+                continue
+        storage.ledger.release(claim.claim_id)
 
 
 def _restart_crashed(
