@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from tunefleet._redact import redact, register_secret
 from tunefleet.config import parse_objective_args, toml_value
 
-from .conftest import DATA, tunefleet
+from .conftest import DATA, clean_env, tunefleet
+from .test_fault_tolerance import trials, wait_for
 
 OBJ = str(DATA / "objectives.py")
 FAULTS = str(DATA / "fault_objectives.py")
@@ -179,6 +183,11 @@ def _exit_code_table(
         ("study done", ["run", *quick, "--n-trials", "2"], 0),
         ("worker: study done", ["worker", *quick[:3], "--n-trials", "2"], 0),
         ("bad option value", ["run", *quick, "--n-trials", "0"], 2),
+        (
+            "top seed, 3 workers",
+            ["run", *quick[:3], "--workers", "3", "--n-trials", "6", "--seed", str(2**32 - 1)],
+            0,
+        ),
         ("negative seed", ["run", *quick, "--n-trials", "2", "--seed", "-1"], 2),
         ("seed above 2**32-1", ["run", *quick, "--n-trials", "2", "--seed", str(2**32)], 2),
         ("n_trials too large", ["run", *quick, "--n-trials", str(10**12)], 2),
@@ -230,3 +239,40 @@ def test_exit_codes_are_as_documented(tmp_path: Path, sqlite_url: str, pg_url: s
             assert lines[-1].startswith("error: "), (scenario, result.stderr)
             assert time.monotonic() - started < 30, scenario
         assert re.search(rf"^\| {code} \|", readme, re.M), f"exit code {code} not in the README"
+
+
+def test_a_budget_changed_by_another_run_is_announced(sqlite_url: str) -> None:
+    study = ("--study", "budget", "--storage", sqlite_url)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunefleet",
+            "run",
+            f"{OBJ}:sleepy",
+            *study,
+            "--n-trials",
+            "400",
+            "--workers",
+            "1",
+        ],
+        env={**clean_env(), "SLEEP_S": "0.2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Its worker has joined (and set the budget to 400) before the other sets it to 6.
+        wait_for(lambda: len(trials(sqlite_url, "budget")) >= 2, what="the first run's trials")
+        second = tunefleet(
+            "worker", f"{OBJ}:sleepy", *study, "--n-trials", "6", env={"SLEEP_S": "0.01"}
+        )
+        assert second.returncode == 0, second.stderr
+        assert "budget changes from 400 to 6" in second.stderr, second.stderr
+        _out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGINT)
+            first.wait()
+    assert first.returncode == 0, err
+    assert "was changed to 6 trials by another run or worker" in err, err
