@@ -40,6 +40,18 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     s.close()
 
+    def cut(self) -> None:
+        """Refuse new connections and reset every open one: the database is gone."""
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                with contextlib.suppress(OSError):
+                    s.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
+                    s.close()
+
     def blackhole(self) -> None:
         with self._lock:
             self._silent = True

@@ -215,3 +215,27 @@ def test_run_ends_at_the_deadline_with_a_stuck_worker_and_leaves_nothing_running
 
 def running_trials(url: str, study: str) -> list[FrozenTrial]:
     return [t for t in trials(url, study) if t.state == TrialState.RUNNING]
+
+
+def test_an_outage_longer_than_db_wait_ends_run_with_exit_3_and_one_line(pg_url: str) -> None:
+    with FaultProxy(int(pg_url.rpartition(":")[2].partition("/")[0])) as proxy:
+        url = _through(proxy, pg_url)
+        fleet = _popen(
+            "run",
+            f"{OBJ}:sleepy",
+            *("--study", "outage", "--storage", url, "--n-trials", "200", "--workers", "2"),
+            *("--db-wait", "3"),
+            env={"SLEEP_S": "0.3"},
+        )
+        try:
+            wait_for(lambda: _complete(pg_url, "outage") >= 2, what="two trials")
+            proxy.cut()
+            _out, err = fleet.communicate(timeout=120)
+        finally:
+            if fleet.poll() is None:
+                fleet.kill()
+                fleet.wait()
+    assert fleet.returncode == 3, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "--db-wait" in last, err

@@ -23,7 +23,7 @@ from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
 from tunefleet.constants import LOST_ATTR, ExitCode
-from tunefleet.errors import ConfigError, TunefleetError
+from tunefleet.errors import ConfigError, StorageError, TunefleetError
 from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
 from tunefleet.objectives._base import cpu_count
@@ -268,10 +268,18 @@ def run(
             fleet.stop()
             done(signalled, fleet.restarts)
             return int(signalled)
+        except Exception:
+            fleet.stop()  # the database gave out (past --db-wait): leave no worker behind
+            raise
     codes = fleet.wait()
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     study_done = storage.ledger.budget(fleet_study.study_id).done
     code = done(0 if study_done else 1, fleet.restarts)
+    if failed and not study_done and all(c == ExitCode.STORAGE for _, c in failed):
+        raise StorageError(
+            f"the study is not done: its workers could not reach the database for longer than "
+            f"--db-wait ({spec.db_wait:g}s): run again once it is back (finished trials are kept)"
+        )
     if failed and not study_done:
         listing = ", ".join(f"w{i} {describe_exit(c)}" for i, c in failed)
         raise WorkersFailed(
@@ -377,10 +385,12 @@ def _restart_crashed(
         if code is None or code == EXIT_DONE or index in given_up:
             continue
         if (
-            code == TunefleetError.exit_code
+            code in (TunefleetError.exit_code, ExitCode.STORAGE)
             or fleet_study.storage.ledger.budget(fleet_study.study_id).done
         ):
-            given_up.add(index)  # bad input fails again; a done study needs no replacement
+            # Bad input fails again, as does a database already waited for (--db-wait); a done
+            # study needs no replacement.
+            given_up.add(index)
             continue
         if fleet.restarts >= max_restarts:
             console.print(
