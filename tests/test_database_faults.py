@@ -163,6 +163,19 @@ def test_tls_failure_is_one_clear_line(tls_server: ThrowawayPostgres, tmp_path: 
     assert "tls-Secret-9" not in result.stderr
 
 
+def test_a_wrong_ca_fails_at_once_not_after_db_wait(
+    tls_server: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    wrong_ca = tmp_path / "other-ca.crt"
+    wrong_ca.write_text("")
+    url = f"{tls_server.url()}?sslmode=verify-full&sslrootcert={wrong_ca}"
+    started = time.monotonic()
+    result = tunefleet("run", f"{OBJ}:quadratic", "--storage", url, "--n-trials", "1")
+    assert result.returncode == 3, result.stderr
+    assert time.monotonic() - started < 30  # the default --db-wait is 60 s
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_sslmode_disable_is_honoured_too(tls_server: ThrowawayPostgres) -> None:
     storage = open_storage(f"{tls_server.url()}?sslmode=disable")
     with storage.engine.connect() as conn:

@@ -31,8 +31,8 @@ Flags override the file. The storage URL may be given here too, but the environm
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
-import json
 import math
 import re
 import tomllib
@@ -49,7 +49,11 @@ __all__ = ["DIRECTIONS", "PRUNERS", "SAMPLERS", "StudySpec", "load_spec", "parse
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsgaii")
 PRUNERS = ("none", "median", "hyperband")
 DIRECTIONS = ("minimize", "maximize")
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,511}$")
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,511}")
+#: The largest budget: a PostgreSQL integer column holds it.
+MAX_TRIALS = 2**31 - 1
+#: Sampler seeds are 32-bit (NumPy); a worker adds its ordinal, wrapping around (see Worker).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ class StudySpec:
             self.storage_engine,
         ]
         for key, value in self.objective_args.items():
-            args += ["--objective-arg", f"{key}={json.dumps(value)}"]
+            args += ["--objective-arg", f"{key}={toml_value(value)}"]
         return args
 
     def validated(self, source: str = "option") -> StudySpec:
@@ -134,8 +138,13 @@ class StudySpec:
             where = f"{flag}" if source == "option" else f"'{key}' in {source}"
             return ConfigError(f"invalid {where}: {why}")
 
-        if self.n_trials is not None and self.n_trials <= 0:
-            raise bad("n_trials", f"must be a positive number of trials, got {self.n_trials}")
+        if self.n_trials is not None and not 0 < self.n_trials <= MAX_TRIALS:
+            raise bad(
+                "n_trials",
+                f"must be a positive number of trials, at most {MAX_TRIALS}, got {self.n_trials}",
+            )
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be from 0 to {MAX_SEED} (2**32 - 1), got {self.seed}")
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise bad("timeout", f"must be a positive number of seconds, got {self.timeout}")
         if not (self.heartbeat_interval > 0 and math.isfinite(self.heartbeat_interval)):
@@ -153,6 +162,8 @@ class StudySpec:
             raise bad("retry_failed", f"must be 0 or more, got {self.retry_failed}")
         if not (self.db_wait >= 0 and math.isfinite(self.db_wait)):
             raise bad("db_wait", f"must be 0 or more seconds, got {self.db_wait}")
+        if self.retry_failed > MAX_TRIALS:
+            raise bad("retry_failed", f"must be at most {MAX_TRIALS}, got {self.retry_failed}")
         if self.max_restarts is not None and self.max_restarts < 0:
             raise bad("max_restarts", f"must be 0 or more, got {self.max_restarts}")
         if self.storage_engine not in ENGINES:
@@ -166,10 +177,10 @@ class StudySpec:
             raise bad("sampler", f"'{self.sampler}' is not one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
             raise bad("pruner", f"'{self.pruner}' is not one of {', '.join(PRUNERS)}")
-        if self.study is not None and not _STUDY_NAME.match(self.study):
+        if self.study is not None and not _STUDY_NAME.fullmatch(self.study):
             raise bad(
                 "study",
-                f"'{self.study}' is not a usable study name (letters, digits, "
+                f"{self.study!r} is not a usable study name (letters, digits, "
                 "'.', '_' and '-', starting with a letter or digit)",
             )
         return self
@@ -209,6 +220,10 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"--config file '{path}' not found: check the path") from None
     except OSError as exc:
         raise ConfigError(f"cannot read --config file '{path}': {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config file '{path}' is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config file '{path}' is not valid TOML: {exc}") from None
     return spec_from_mapping(data, source=str(path))
@@ -247,6 +262,46 @@ def spec_from_mapping(data: Mapping[str, Any], source: str) -> StudySpec:
         if key in values:
             values[key] = float(values[key])
     return StudySpec(**values).validated(source=source)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` written as a TOML value: what :func:`parse_objective_args` reads back exactly
+    (tables, arrays, nan and inf, dates and times), so workers get the parent's types."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_string(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ConfigError(
+        f"objective argument {value!r} ({type(value).__name__}) cannot be passed to workers: "
+        "use strings, numbers, booleans, dates, arrays or tables"
+    )
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for char in text:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def parse_objective_args(items: Sequence[str]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ a Kubernetes pod runs — so a study behaves the same on one machine and on a cl
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -20,6 +22,24 @@ __all__ = ["Fleet", "LocalFleet", "describe_exit"]
 #: How long workers get to hand their trials back after SIGTERM before they are killed; well
 #: inside Kubernetes' default 30 s grace period, which the same workers must meet.
 STOP_GRACE_S = 20.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the worker gets SIGTERM when ``run`` dies, even by SIGKILL (Linux), and
+    so hands its trial back and exits instead of going on as an orphan whose output nobody
+    reads. Elsewhere the worker notices its parent is gone by its closed output."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return lambda: None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def describe_exit(code: int) -> str:
@@ -99,6 +119,7 @@ class LocalFleet(Fleet):
             text=True,
             bufsize=1,
             start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         reader = threading.Thread(target=self._forward, args=(index, proc), daemon=True)
         reader.start()
@@ -108,7 +129,9 @@ class LocalFleet(Fleet):
     def _forward(self, index: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            self.on_output(index, line.rstrip("\n"))
+            # Our own output may be gone (a closed terminal): keep draining the worker's anyway.
+            with contextlib.suppress(Exception):
+                self.on_output(index, line.rstrip("\n"))
 
     def exit_codes(self) -> list[int | None]:
         return [proc.poll() for proc in self.processes]
@@ -123,6 +146,7 @@ class LocalFleet(Fleet):
         for proc in self.processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGCONT)  # a stopped worker must see its SIGTERM
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in self.processes:
             try:

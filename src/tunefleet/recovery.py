@@ -59,6 +59,10 @@ def requeue_trial(
             storage.ledger.keep_claim(claim_id)
             return None
     rerun_id: int | None = None
+    # Past the deadline a re-run would never run: it would only stay WAITING for ever.
+    if storage.ledger.budget(study_id).deadline_passed:
+        storage.ledger.release(claim_id)
+        return None
     if trial.number not in storage.ledger.requeued_trial_numbers(study_id):
         attempt = int(trial.system_attrs.get(ATTEMPT_ATTR, 1))
         if lost_reason is None:

@@ -48,6 +48,10 @@ EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 FAIL_REASON_ATTR = constants.FAIL_REASON_ATTR
 
 _POLL_MIN_S, _POLL_MAX_S = 0.2, 2.0
+#: After SIGTERM/SIGINT, how long a worker may take to hand its trial back before it exits
+#: anyway: a call blocked on a dead database must not keep a pod (or ``run``) waiting. A trial it
+#: could not hand back is taken over by another worker after the grace period.
+STOP_DEADLINE_S = 5.0
 
 
 class Interrupted(BaseException):
@@ -109,7 +113,7 @@ class Worker:
         )
         # Every worker gets its own sampler seed, so seeded parallel workers do not propose the
         # same parameters; with one worker, --seed alone makes the study repeatable.
-        seed = None if self.spec.seed is None else self.spec.seed + ordinal
+        seed = None if self.spec.seed is None else (self.spec.seed + ordinal) % 2**32
         n_objectives = len(fleet_study.study.directions)
         fleet_study.study.sampler = make_sampler(self.spec.sampler, seed, n_objectives)
         heartbeat = _Heartbeat(self, fleet_study.study_id)
@@ -399,6 +403,17 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
+def _exit_after(seconds: float, signum: int) -> None:
+    time.sleep(seconds)
+    log.warning(
+        "worker still busy %gs after %s (a database call that does not answer?): exiting; "
+        "its running trial is re-run by another worker after the grace period",
+        seconds,
+        signal.Signals(signum).name,
+    )
+    os._exit(EXIT_INTERRUPTED)
+
+
 class _StopSignals:
     """SIGTERM/SIGINT handling: stop between trials, interrupt an objective, die on the second.
 
@@ -427,6 +442,9 @@ class _StopSignals:
             os.kill(os.getpid(), signum)
             return
         self.signum = signum
+        threading.Thread(
+            target=_exit_after, args=(STOP_DEADLINE_S, signum), name="tunefleet-stop", daemon=True
+        ).start()
         if self._in_objective:
             raise Interrupted(signum)
 

@@ -7,12 +7,16 @@ commands lives in a module of its own and is registered here.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 
 import click
+import optuna
+import psycopg
+import sqlalchemy.exc
 
 from tunefleet._redact import redact
 from tunefleet.cli._data import data
@@ -20,7 +24,9 @@ from tunefleet.cli._k8s import k8s
 from tunefleet.cli._monitor import best, dashboard, report, status, studies, trials
 from tunefleet.cli._rescore import rescore
 from tunefleet.cli._study import run, worker
+from tunefleet.constants import ExitCode
 from tunefleet.errors import TunefleetError
+from tunefleet.storage._errors import _root_message
 
 __all__ = ["cli", "main"]
 
@@ -58,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("TUNEFLEET_DEBUG", "") not in ("", "0")
     # --debug is accepted anywhere on the line, not only before the command.
     args = (["--debug"] if "--debug" in args else []) + [a for a in args if a != "--debug"]
+    if not debug:
+        # SQLAlchemy's pool logs a traceback for every dead connection it resets or closes;
+        # the retrier already says, once, that the database is unavailable and when it is back.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     try:
         code = cli.main(args=args, prog_name="tunefleet", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -80,12 +90,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
+    except DATABASE_ERRORS as exc:
+        # An outage that outlasted --db-wait mid-command (at start, open_storage says more).
+        if debug:
+            _traceback()
+        _error(
+            f"the database failed: {_root_message(exc)}: gave up after --db-wait; run the "
+            "command again once the database is back (finished trials are kept)"
+        )
+        code = ExitCode.STORAGE
     except Exception as exc:
         if debug:
             _traceback()
         _error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+DATABASE_ERRORS = (
+    sqlalchemy.exc.SQLAlchemyError,
+    psycopg.Error,
+    optuna.exceptions.StorageInternalError,
+)
 
 
 def _error(message: str) -> None:

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
+import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
 
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
-from tunefleet.errors import ConfigError, TunefleetError
+from tunefleet.constants import LOST_ATTR, ExitCode
+from tunefleet.errors import ConfigError, StorageError, TunefleetError
 from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
 from tunefleet.objectives._base import cpu_count
 from tunefleet.objectives._common import THREADS_ENV
 from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
+from tunefleet.storage._engine import QUERY_TIMEOUT_S
 from tunefleet.study import FleetStudy, default_study_name, open_study, resolve_directions
 from tunefleet.summary import summarize
 from tunefleet.worker import EXIT_DONE
@@ -29,6 +37,8 @@ from tunefleet.worker import EXIT_DONE
 __all__ = ["build_spec", "run", "study_options", "worker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: How long after the study is done ``run`` waits for a worker to exit by itself.
+STRAGGLER_GRACE_S = 10.0
 LOG_FORMAT_OPTION = click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
@@ -155,9 +165,18 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
     directions, _ = resolve_directions(spec, objective)
     spec = spec.merged(study=spec.study or default_study_name(objective), directions=directions)
     storage = open_storage(
-        resolve_storage_url(spec.storage), db_wait=spec.db_wait, engine=spec.storage_engine
+        resolve_storage_url(spec.storage),
+        db_wait=spec.db_wait,
+        engine=spec.storage_engine,
+        query_timeout=query_timeout(spec),
     )
     return spec, objective, storage
+
+
+def query_timeout(spec: StudySpec) -> float:
+    """How long one database call may hang before its connection is dropped and retried: never
+    longer than the grace period, after which the worker's trial is handed to others anyway."""
+    return max(5.0, min(QUERY_TIMEOUT_S, spec.grace_period))
 
 
 @click.command()
@@ -229,8 +248,10 @@ def run(
     console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")
     max_restarts = spec.max_restarts if spec.max_restarts is not None else 3 * n_workers
     given_up: set[int] = set()
-    with FleetProgress(console, fleet_study.name, spec.n_trials) as progress:
+    with FleetProgress(console, fleet_study.name, spec.n_trials) as progress, _sigterm_raises():
         fleet.start()
+        done_since: float | None = None
+        budget_seen = fleet_study.budget.n_trials
         try:
             while fleet.running() or _restart_crashed(
                 fleet, fleet_study, max_restarts, given_up, console
@@ -238,23 +259,116 @@ def run(
                 progress.update(summarize(fleet_study))
                 time.sleep(0.5)
                 _restart_crashed(fleet, fleet_study, max_restarts, given_up, console)
+                done_since = _stop_stragglers(fleet, fleet_study, done_since, spec, console)
+                budget_seen = _announce_budget_change(fleet_study, budget_seen, console)
             progress.update(summarize(fleet_study))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated) as exc:
+            signalled = ExitCode.SIGTERM if isinstance(exc, _Terminated) else ExitCode.SIGINT
             console.print("stopping workers (their running trials are handed back)...")
             fleet.stop()
-            done(130, fleet.restarts)
-            return 130
+            done(signalled, fleet.restarts)
+            return int(signalled)
+        except Exception:
+            fleet.stop()  # the database gave out (past --db-wait): leave no worker behind
+            raise
     codes = fleet.wait()
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     study_done = storage.ledger.budget(fleet_study.study_id).done
     code = done(0 if study_done else 1, fleet.restarts)
+    if failed and not study_done and all(c == ExitCode.STORAGE for _, c in failed):
+        raise StorageError(
+            f"the study is not done: its workers could not reach the database for longer than "
+            f"--db-wait ({spec.db_wait:g}s): run again once it is back (finished trials are kept)"
+        )
     if failed and not study_done:
         listing = ", ".join(f"w{i} {describe_exit(c)}" for i, c in failed)
-        raise TunefleetError(
+        raise WorkersFailed(
             f"the study is not done: {len(failed)} of {n_workers} workers failed ({listing}) "
             f"after {fleet.restarts} restarts: rerun with -v to see their logs"
         )
     return code
+
+
+class WorkersFailed(TunefleetError):
+    """``run`` ended with the study not done because its workers kept failing."""
+
+    exit_code = ExitCode.UNEXPECTED
+
+
+class _Terminated(Exception):
+    """SIGTERM on ``run`` (``timeout``, a CI cancel, ``docker stop``): stop like Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends run at once
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _announce_budget_change(
+    fleet_study: FleetStudy, seen: int | None, console: Console
+) -> int | None:
+    """Say so when another run or worker sets the study's budget (``--n-trials`` is absolute,
+    the last one given wins): this run now ends at that budget, not at its own."""
+    n_trials = fleet_study.storage.ledger.budget(fleet_study.study_id).n_trials
+    if n_trials != seen:
+        console.print(
+            f"the budget of study {fleet_study.name} was changed to {n_trials} trials by "
+            "another run or worker: this run now ends there",
+            highlight=False,
+        )
+    return n_trials
+
+
+def _stop_stragglers(
+    fleet: LocalFleet,
+    fleet_study: FleetStudy,
+    done_since: float | None,
+    spec: StudySpec,
+    console: Console,
+) -> float | None:
+    """Stop workers still alive well after the study is done (stuck on a dead connection, or
+    paused): a done worker exits within a poll, so one that has not is not coming back."""
+    if not fleet.running() or not fleet_study.storage.ledger.budget(fleet_study.study_id).done:
+        return None
+    now = time.monotonic()
+    if done_since is None:
+        return now
+    if now - done_since < STRAGGLER_GRACE_S + spec.heartbeat_interval:
+        return done_since
+    stuck = [i for i, code in enumerate(fleet.exit_codes()) if code is None]
+    console.print(
+        f"the study is done but {len(stuck)} workers have not exited: stopping them",
+        highlight=False,
+    )
+    fleet.stop()
+    _fail_orphaned_trials(fleet_study)
+    return done_since
+
+
+def _fail_orphaned_trials(fleet_study: FleetStudy) -> None:
+    """After stopping the last workers of a done study, fail as lost the trials they could not
+    hand back (killed while stuck), so none stays RUNNING. The study is done: nothing is
+    re-queued, and the slot is given back (the trial does not count)."""
+    storage, study_id = fleet_study.storage, fleet_study.study_id
+    for claim in storage.ledger.take_stale_claims(study_id, "tunefleet-run", grace=0):
+        if claim.trial_id is not None:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.optuna.set_trial_system_attr(
+                    claim.trial_id, LOST_ATTR, f"worker {claim.worker_id} stopped by run: stuck"
+                )
+                storage.optuna.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+            if storage.optuna.get_trial(claim.trial_id).state != TrialState.FAIL:
+                storage.ledger.keep_claim(claim.claim_id)  # it finished after all
+                continue
+        storage.ledger.release(claim.claim_id)
 
 
 def _restart_crashed(
@@ -271,10 +385,12 @@ def _restart_crashed(
         if code is None or code == EXIT_DONE or index in given_up:
             continue
         if (
-            code == TunefleetError.exit_code
+            code in (TunefleetError.exit_code, ExitCode.STORAGE)
             or fleet_study.storage.ledger.budget(fleet_study.study_id).done
         ):
-            given_up.add(index)  # bad input fails again; a done study needs no replacement
+            # Bad input fails again, as does a database already waited for (--db-wait); a done
+            # study needs no replacement.
+            given_up.add(index)
             continue
         if fleet.restarts >= max_restarts:
             console.print(
@@ -321,8 +437,10 @@ def worker(
 
         tunefleet worker sklearn-iris --study iris --n-trials 100
     """
+    from tunefleet._streams import guard_output
     from tunefleet.worker import Worker
 
+    guard_output()  # before logging, whose handler writes to the guarded stderr
     setup_logging(LOG_LEVELS[log_level], log_format)
     spec = build_spec(objective, config_path, objective_args, directions, **flags)
     spec, objective_obj, storage = _prepare(spec)

@@ -16,6 +16,7 @@ Two stores exist:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,11 +35,22 @@ from sqlalchemy.pool import NullPool
 from tunefleet import constants
 from tunefleet.errors import NoStudiesError, StorageError, TunefleetError
 from tunefleet.storage import _fast_sql as fast_sql
-from tunefleet.storage._engine import configure_engine, engine_kwargs, sqlite_path
+from tunefleet.storage._engine import (
+    QUERY_TIMEOUT_S,
+    configure_engine,
+    engine_kwargs,
+    sqlite_path,
+)
 from tunefleet.storage._errors import translate_db_error
 from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
 from tunefleet.storage._fast_sqlite import FastSqliteStorage
-from tunefleet.storage._ledger import CLAIM_ATTR, Budget, Ledger
+from tunefleet.storage._ledger import (
+    CLAIM_ATTR,
+    Budget,
+    ClaimCheckedRDBStorage,
+    ClaimTakenBack,
+    Ledger,
+)
 from tunefleet.storage._ledger import metadata as ledger_metadata
 from tunefleet.storage._retry import Retrier, RetryingStorage, is_transient
 from tunefleet.storage._schema import SQLITE_TRIGGERS, create_schema
@@ -65,6 +77,8 @@ __all__ = [
     "parse_storage_url",
     "resolve_storage_url",
 ]
+
+log = logging.getLogger("tunefleet.storage")
 
 # Any constant works as long as every tunefleet process uses the same one: it names the
 # transaction-scoped advisory lock that serialises schema creation ("tunefleet" in ASCII).
@@ -122,18 +136,26 @@ class FleetStorage:
             # not seen would fail.
             self.optuna.get_all_trials(study_id, deepcopy=False)
         else:
-            # Created with its claim's id on it, in one transaction: should this worker die
-            # before the link below, the trial can still be found and re-run.
+            # Created with its claim's id on it and linked to the claim, in one transaction that
+            # first checks the claim is still this worker's (see ClaimCheckedRDBStorage).
             template = optuna.trial.create_trial(
                 state=TrialState.RUNNING,
                 system_attrs={WORKER_ATTR: worker_id, CLAIM_ATTR: claim_id},
             )
             try:
                 trial_id = self.optuna.create_new_trial(study_id, template_trial=template)
+            except ClaimTakenBack:
+                # This worker was paused past the grace period and its slot given back: the
+                # slot is no longer its to fill. Claim afresh.
+                log.warning(
+                    "budget slot %d was taken back while this worker was unresponsive: "
+                    "claiming another",
+                    claim_id,
+                )
+                return self.ask_trial(study, worker_id)
             except BaseException:
                 self.ledger.release(claim_id)
                 raise
-            self.ledger.attach(claim_id, trial_id)
         study._thread_local.cached_all_trials = None  # what study.ask() does first
         return claim_id, Trial(study, trial_id)
 
@@ -144,7 +166,11 @@ class FleetStorage:
 
 
 def open_storage(
-    raw_url: str, db_wait: float = DEFAULT_DB_WAIT_S, engine: str = "auto", create: bool = True
+    raw_url: str,
+    db_wait: float = DEFAULT_DB_WAIT_S,
+    engine: str = "auto",
+    create: bool = True,
+    query_timeout: float = QUERY_TIMEOUT_S,
 ) -> FleetStorage:
     """Open (and, on first use, initialise) the store at ``raw_url``.
 
@@ -158,6 +184,9 @@ def open_storage(
     or ``stock`` (Optuna's ``RDBStorage`` behind Optuna's own cache, as
     ``optuna.storages.get_storage`` gives it).
 
+    ``query_timeout`` bounds how long one transaction may wait on PostgreSQL before its
+    connection is presumed dead and the call retried on a new one.
+
     ``create=False`` is for readers (``status``, ``trials``, ...): a database that holds no
     studies at all is an error rather than a place to create tables in, so a mistyped URL does
     not leave an empty schema behind.
@@ -169,7 +198,7 @@ def open_storage(
     url = parse_storage_url(raw_url)
     retrier = Retrier(db_wait, display_url(url))
     try:
-        storage = retrier.call(lambda: _open_rdb(url, create))
+        storage = retrier.call(lambda: _open_rdb(url, create, query_timeout))
     except TunefleetError:
         raise
     except RuntimeError as exc:
@@ -184,7 +213,6 @@ def open_storage(
         if db_wait > 0 and is_transient(exc):
             error = StorageError(f"{error} (gave up after {db_wait:g}s; --db-wait sets how long)")
         raise error from exc
-    configure_engine(storage.engine)
     if engine not in ENGINES:
         raise StorageError(f"unknown --storage-engine '{engine}': use {', '.join(ENGINES)}")
     optuna_storage: BaseStorage = RetryingStorage(storage, retrier)
@@ -205,7 +233,7 @@ def open_storage(
     )
 
 
-def _open_rdb(url: URL, create: bool = True) -> RDBStorage:
+def _open_rdb(url: URL, create: bool = True, query_timeout: float = QUERY_TIMEOUT_S) -> RDBStorage:
     names = _schema_names(url)
     if not _schema_ready(url, names):
         if not create and "studies" not in names:
@@ -216,6 +244,7 @@ def _open_rdb(url: URL, create: bool = True) -> RDBStorage:
         with _schema_lock(url) as conn:
             create_schema(conn)
     storage = _rdb_storage(url, create_tables=False)
+    configure_engine(storage.engine, query_timeout)
     _check_schema_version(storage, url)
     return storage
 
@@ -226,7 +255,7 @@ def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
     # starting at once as the pool has server connections each hold one and wait for another,
     # until the pooler gives up (PgBouncer's query_wait_timeout, 120 s). The check is made
     # instead by _check_schema_version, one connection at a time.
-    return RDBStorage(
+    return ClaimCheckedRDBStorage(
         url.render_as_string(hide_password=False),
         engine_kwargs=engine_kwargs(url),
         skip_table_creation=not create_tables,

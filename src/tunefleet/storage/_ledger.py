@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+from optuna.storages import RDBStorage
 from optuna.storages._rdb import models as optuna_models
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
     Column,
     Float,
@@ -53,14 +55,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
 from tunefleet import constants
 from tunefleet.storage._clock import utc_now
 
-__all__ = ["Budget", "Ledger", "StaleClaim", "metadata"]
+__all__ = ["Budget", "ClaimCheckedRDBStorage", "ClaimTakenBack", "Ledger", "StaleClaim", "metadata"]
 
+log = logging.getLogger("tunefleet.storage")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -130,6 +134,9 @@ fleet_claims = Table(
     # Chosen by the worker, so that a claim retried after a lost commit is found, not taken twice.
     Column("token", String(32), nullable=False, unique=True),
     Index("ix_tunefleet_claims_study_id", "study_id"),
+    # Claim ids are never reused (SQLite would otherwise hand out a released id again): a trial
+    # names its claim (tunefleet:claim), and two trials naming one claim would be confused.
+    sqlite_autoincrement=True,
 )
 
 fleet_workers = Table(
@@ -220,6 +227,52 @@ def _open_claim_condition() -> Any:
     )
 
 
+class ClaimTakenBack(Exception):
+    """The slot a worker was about to create its trial in was taken back (the worker had been
+    declared lost): no trial was created, and the worker must claim a new slot."""
+
+
+class ClaimCheckedRDBStorage(RDBStorage):
+    """Optuna's ``RDBStorage``, creating a trial that names its claim (``tunefleet:claim``) only
+    while that claim is still its worker's, and linking the two, in the same transaction.
+
+    Without this, a worker paused between taking a slot and creating its trial could be declared
+    lost, its slot given back, and then create and complete a trial that no slot accounts for:
+    one trial more than the budget. The finish is already checked in one transaction by Optuna
+    (only a RUNNING trial can be told), and a taken-back trial is failed before its slot is.
+    """
+
+    def _get_prepared_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None, session: Session
+    ) -> optuna_models.TrialModel:
+        attrs = template_trial.system_attrs if template_trial is not None else {}
+        claim_id, worker_id = attrs.get(CLAIM_ATTR), attrs.get(constants.WORKER_ATTR)
+        if claim_id is None or worker_id is None:
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        row = session.execute(
+            select(fleet_claims.c.trial_id)
+            .where(
+                fleet_claims.c.claim_id == claim_id,
+                fleet_claims.c.worker_id == worker_id,
+                fleet_claims.c.requeue == 0,
+            )
+            .with_for_update()
+        ).first()
+        if row is None:
+            raise ClaimTakenBack(f"claim {claim_id} of worker {worker_id} was taken back")
+        if row[0] is not None:  # a retry after a commit whose answer was lost
+            existing = session.get(optuna_models.TrialModel, row[0])
+            assert existing is not None
+            return existing
+        trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+        session.execute(
+            update(fleet_claims)
+            .where(fleet_claims.c.claim_id == claim_id)
+            .values(trial_id=trial.trial_id)
+        )
+        return trial
+
+
 class Ledger:
     """Reads and writes the tunefleet tables. Every method is one short transaction, retried on
     transient database failures when a retrier is given."""
@@ -255,6 +308,17 @@ class Ledger:
                 .on_conflict_do_nothing(index_elements=["study_id"])
             )
             if n_trials is not None:
+                before = conn.execute(
+                    select(fleet_studies.c.n_trials).where(fleet_studies.c.study_id == study_id)
+                ).scalar_one()
+                if before is not None and before != n_trials:
+                    log.warning(
+                        "the study's budget changes from %d to %d trials: every worker of it "
+                        "now stops at %d",
+                        before,
+                        n_trials,
+                        n_trials,
+                    )
                 conn.execute(
                     update(fleet_studies)
                     .where(
@@ -505,10 +569,16 @@ class Ledger:
             for i, claim in enumerate(stale):
                 if claim.trial_id is None:
                     trial_id = conn.execute(
-                        select(_trial_system_attrs.c.trial_id).where(
+                        select(_trial_system_attrs.c.trial_id)
+                        .join(_trials, _trials.c.trial_id == _trial_system_attrs.c.trial_id)
+                        .where(
+                            _trials.c.study_id == study_id,
+                            _trials.c.state == TrialState.RUNNING,
                             _trial_system_attrs.c.key == CLAIM_ATTR,
                             _trial_system_attrs.c.value_json == json.dumps(claim.claim_id),
                         )
+                        .order_by(_trials.c.trial_id.desc())
+                        .limit(1)
                     ).scalar_one_or_none()
                     if trial_id is not None:
                         stale[i] = StaleClaim(claim.claim_id, trial_id, claim.worker_id)

@@ -64,8 +64,42 @@ _TRANSIENT_MESSAGES = (
 )
 
 
+# Connection failures that waiting cannot fix: the URL or the TLS set-up is wrong. Checked first,
+# so that "connection failed: ... certificate verify failed" fails at once instead of after
+# --db-wait.
+_PERMANENT_MESSAGES = (
+    "password authentication failed",
+    "does not exist",
+    "invalid sslmode",
+    "invalid port",
+    "invalid integer value",
+    "invalid connection option",
+    "invalid uri",
+    "certificate",
+    "server does not support ssl",
+    "channel binding required",
+    "no pg_hba.conf entry",
+    "unsupported startup parameter",
+)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a connection failure no retry can fix."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        message = str(current).lower()
+        if any(m in message for m in _PERMANENT_MESSAGES):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps) is a connection-level failure worth retrying."""
+    if is_permanent(exc):
+        return False
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -73,9 +107,7 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, psycopg.OperationalError | sqlalchemy.exc.OperationalError):
-            message = str(current).lower()
-            # A rejected login or a missing database will not fix itself by waiting.
-            return not ("password authentication failed" in message or "does not exist" in message)
+            return True  # permanent failures were ruled out above
         message = str(current).lower()
         if any(m in message for m in _TRANSIENT_MESSAGES):
             return True

@@ -63,9 +63,17 @@ def parse_storage_url(raw: str) -> URL:
         shown = display_url(raw)
         raise StorageError(f"malformed storage URL '{shown}': {_EXPECTED}") from exc
     register_secret(url.password)
-    if url.password:
+    query_password = url.query.get("password")
+    for value in [query_password] if isinstance(query_password, str) else query_password or ():
+        register_secret(value)
+    if url.password or query_password:
         # The whole URL is a secret too: tracebacks and driver messages may quote it verbatim.
         register_secret(raw)
+    if url.host and "@" in url.host:
+        raise StorageError(
+            f"the storage URL '{display_url(raw)}' has an '@' in its password: write it "
+            "percent-encoded as %40 (postgresql://user:p%40ss@host/db)"
+        )
 
     if url.drivername in _POSTGRES_DRIVERS:
         url = url.set(drivername="postgresql+psycopg")
@@ -100,4 +108,5 @@ def display_url(url: URL | str) -> str:
             return redact(raw)
     if url.drivername == "postgresql+psycopg":
         url = url.set(drivername="postgresql")
-    return url.render_as_string(hide_password=True)
+    # redact() also masks a libpq password=... in the query string, which SQLAlchemy shows.
+    return redact(url.render_as_string(hide_password=True))

@@ -1,0 +1,168 @@
+"""The exact budget holds by construction on the stock engine: a slot taken back from a worker
+declared lost can never also be filled by that worker (issue 11, case 4)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from .conftest import DATA, clean_env
+from .test_chaos import signal_one
+from .test_fault_tolerance import assert_exact_and_clean, trials, wait_for
+
+OBJ = str(DATA / "objectives.py")
+FAST_RECOVERY = ["--heartbeat-interval", "0.2", "--grace-period", "1"]
+
+# A real worker process that stops itself (SIGSTOP) right after taking its first budget slot,
+# before it creates the trial: the window in which it can be declared lost.
+PAUSE_AFTER_CLAIM = """
+import os, signal, sys
+from tunefleet.storage._ledger import Ledger
+original = Ledger.claim
+paused = []
+def claim(self, *args, **kwargs):
+    taken = original(self, *args, **kwargs)
+    if taken is not None and not paused:
+        paused.append(taken)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return taken
+Ledger.claim = claim
+from tunefleet.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] == "T"
+
+
+def _no_parameter_set_twice(url: str, study: str) -> None:
+    done = [t for t in trials(url, study) if t.state == TrialState.COMPLETE]
+    keys = [tuple(sorted(t.params.items())) for t in done]
+    assert len(keys) == len(set(keys)), "a parameter set was completed twice"
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def stock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "embedded":
+        return f"sqlite:///{tmp_path / 'tunefleet.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_a_slot_taken_back_is_never_filled_by_the_paused_worker(stock_url: str) -> None:
+    study = ["--study", "window", "--storage", stock_url, "--n-trials", "3"]
+    args = [f"{OBJ}:sleepy", *study, "--storage-engine", "stock", *FAST_RECOVERY]
+    env = {**clean_env(), "SLEEP_S": "0.05"}
+    paused = subprocess.Popen(
+        [sys.executable, "-c", PAUSE_AFTER_CLAIM, "worker", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _stopped(paused.pid), timeout=60, what="the worker to stop itself")
+        # Another worker declares it lost, takes its slot back and fills the whole budget.
+        other = subprocess.run(
+            [sys.executable, "-m", "tunefleet", "worker", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert other.returncode == 0, other.stderr
+        os.kill(paused.pid, signal.SIGCONT)
+        out, _ = paused.communicate(timeout=60)
+    finally:
+        if paused.poll() is None:
+            paused.kill()
+            paused.wait()
+    assert paused.returncode == 0, out
+    assert "was taken back while this worker was unresponsive" in out, out
+    assert_exact_and_clean(stock_url, "window", 3)
+    _no_parameter_set_twice(stock_url, "window")
+
+
+def test_claim_ids_are_never_reused_on_the_embedded_store(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from tunefleet.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'ids.db'}")
+    try:
+        with storage.engine.connect() as conn:
+            ddl = conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'tunefleet_claims'")
+            ).scalar_one()
+    finally:
+        storage.close()
+    assert "AUTOINCREMENT" in ddl
+
+
+@pytest.mark.parametrize("engine", ["stock", "auto"])
+def test_sixteen_workers_killed_and_stopped_keep_the_budget_exact(
+    stock_url: str, engine: str
+) -> None:
+    """16 workers, some killed (-9) and some paused past a short grace period, on every engine
+    the store has: exactly N counted, nothing left running, no parameter set completed twice."""
+    if engine == "auto" and stock_url.startswith("sqlite"):
+        pytest.skip("the embedded store has one engine, tested as 'stock'")
+    n = 60
+    args = [
+        "run",
+        f"{OBJ}:sleepy",
+        "--study",
+        "crowd",
+        "--storage",
+        stock_url,
+        "--n-trials",
+        str(n),
+        "--workers",
+        "16",
+        "--storage-engine",
+        engine,
+        "--heartbeat-interval",
+        "0.5",
+        "--grace-period",
+        "2",
+        "--max-restarts",
+        "100",
+        "--sampler",
+        "random",
+    ]
+    env = {**clean_env(), "SLEEP_S": "0.2"}
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    rng = random.Random(11)
+    try:
+        deadline = time.monotonic() + 40
+        killed = 0
+        time.sleep(4)
+        while fleet.poll() is None and time.monotonic() < deadline and killed < 6:
+            sig = signal.SIGKILL if killed % 2 == 0 else signal.SIGSTOP
+            if signal_one(stock_url, sig, rng):
+                killed += 1
+            time.sleep(1.0)
+        _out, err = fleet.communicate(timeout=240)
+    finally:
+        if fleet.poll() is None:
+            fleet.kill()
+            fleet.wait()
+    assert fleet.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert_exact_and_clean(stock_url, "crowd", n)
+    _no_parameter_set_twice(stock_url, "crowd")
