@@ -20,6 +20,7 @@ __all__ = [
     "FLEET_ID_ENV",
     "GIVEN_BACK_ATTR",
     "LOG_FORMAT_ENV",
+    "LOSSES_ATTR",
     "LOST_ATTR",
     "RETRY_OF_ATTR",
     "STOPPED_ATTR",
@@ -66,6 +67,8 @@ TRACEBACK_ATTR = "tunefleet:traceback"
 LOST_ATTR = "tunefleet:lost"
 #: How many times this parameter set has been run (1 for the first run).
 ATTEMPT_ATTR = "tunefleet:attempt"
+#: How many runs of this parameter set were lost (their worker died or stopped beating).
+LOSSES_ATTR = "tunefleet:losses"
 #: On a re-run: the number of the trial it repeats.
 RETRY_OF_ATTR = "tunefleet:retry_of"
 #: The budget slot (claim id) a trial was created under.

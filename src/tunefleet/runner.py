@@ -329,7 +329,7 @@ class ChildRunner:
                     self._kill()
                     return TrialOutcome(
                         "timeout",
-                        reason=f"timed out after {timeout:g}s (--trial-timeout): stopped",
+                        reason=f"timed out after {timeout:g}s (--trial-timeout): stopped it",
                     )
                 try:
                     message = conn.recv()

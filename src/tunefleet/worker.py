@@ -38,7 +38,7 @@ from tunefleet.failures import (
 )
 from tunefleet.objectives import Objective, WorkerContext
 from tunefleet.objectives._common import worker_threads
-from tunefleet.recovery import ATTEMPT_ATTR, TRACEBACK_ATTR, requeue_trial
+from tunefleet.recovery import ATTEMPT_ATTR, EXTRA_LOSSES, TRACEBACK_ATTR, requeue_trial
 from tunefleet.runner import ChildRunner, InProcessRunner, Interrupted, TrialOutcome
 from tunefleet.samplers import make_sampler
 from tunefleet.storage import FleetStorage
@@ -408,7 +408,12 @@ class _Heartbeat(threading.Thread):
                 f"{worker.spec.grace_period:g}s)"
             )
             rerun = requeue_trial(
-                worker.storage, self.study_id, claim.claim_id, claim.trial_id, lost_reason=reason
+                worker.storage,
+                self.study_id,
+                claim.claim_id,
+                claim.trial_id,
+                lost_reason=reason,
+                max_losses=worker.spec.retry_failed + EXTRA_LOSSES,
             )
             if rerun is not None:
                 log.warning(
