@@ -101,6 +101,7 @@ class Worker:
         #: Set (by the heartbeat thread or after a failure) when the fleet stops on failures.
         self.stopped: Stop | None = None
         self._errors_shown: set[str] = set()
+        self._seen_success = False  # a trial of the study completed: it cannot be broken
         self.runner: InProcessRunner | ChildRunner = (
             InProcessRunner(objective) if spec.trial_timeout is None else ChildRunner(objective)
         )
@@ -231,6 +232,7 @@ class Worker:
                 extra={"event": "pruned", "trial": trial.number, "step": step},
             )
             self._failed_in_a_row = 0
+            self._seen_success = True
             return
         if outcome.failed:
             self._fail(fleet_study, claim_id, trial, outcome)
@@ -243,6 +245,7 @@ class Worker:
         values = [float(v) for v in _as_list(value)]
         self._tell(study, trial, values=values)
         self._failed_in_a_row = 0
+        self._seen_success = True
         elapsed = time.perf_counter() - started
         log.info(
             "trial %d finished: value %s, params %s (%.2fs)",
@@ -289,14 +292,14 @@ class Worker:
         if retry:
             ledger.mark_requeue(claim_id)  # before the FAIL, so the study never looks done
         self._tell(study, trial, state=TrialState.FAIL)
-        where = f" at {outcome.where}" if outcome.where else ""
+        where = f" (at {outcome.where})" if outcome.where else ""
         if retry:
             requeue_trial(self.storage, fleet_study.study_id, claim_id, trial._trial_id)
             log.warning(
-                "trial %d failed%s: %s; re-running it with the same parameters (retry %d of %d)",
+                "trial %d failed: %s%s; re-running it with the same parameters (retry %d of %d)",
                 trial.number,
-                where,
                 reason,
+                where,
                 attempt,
                 self.spec.retry_failed,
                 extra={
@@ -308,10 +311,10 @@ class Worker:
             )
         else:
             log.warning(
-                "trial %d failed%s: %s",
+                "trial %d failed: %s%s",
                 trial.number,
-                where,
                 reason,
+                where,
                 extra={"event": "failed", "trial": trial.number, "reason": reason},
             )
         self._show_traceback(trial.number, outcome)
@@ -325,7 +328,8 @@ class Worker:
                     self.worker_id,
                     self._failed_in_a_row,
                 )
-        if not retry:
+        # Once a trial completed, only --max-failures can stop the fleet: skip the queries.
+        if not retry and not (self._seen_success and self.policy.max_failures is None):
             error = f"{reason}{where}" if outcome.kind == "exception" else reason
             stop = check_failures(
                 self.storage, fleet_study.study_id, self.policy, self.fleet_id, error
