@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import Pipe
@@ -275,7 +276,11 @@ class ChildRunner:
         parent_conn, child_conn = Pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process with threads (the heartbeat): the
+            # child never touches what they hold (storage, logging is re-initialised by fork).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: run trials until the worker closes the pipe
             code = 0
             try:
