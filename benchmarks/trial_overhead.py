@@ -82,13 +82,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--worker-trials", type=int, default=50, help="trials per whole-worker measure"
+    )
     args = parser.parse_args()
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for child in (False, True):
             mode = "child" if child else "in-process"
             results.setdefault(f"runner {mode}", []).append(runner_ms(child, args.trials))
-            results.setdefault(f"worker {mode}", []).append(worker_ms(child, args.trials))
+            results.setdefault(f"worker {mode}", []).append(worker_ms(child, args.worker_trials))
     print(f"{'measure':<22} {'ms/trial (median of rounds)':>28}")
     for key, values in results.items():
         print(f"{key:<22} {statistics.median(values):>28.3f}")

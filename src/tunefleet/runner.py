@@ -135,9 +135,13 @@ def guarded_call(objective: Objective, trial: Any) -> TrialOutcome:
     except Interrupted:
         raise
     except BaseException as exc:
-        trace, where = user_traceback(exc)
-        return TrialOutcome("exception", reason=_failure_reason(exc), traceback=trace, where=where)
+        return _exception_outcome(exc)
     return TrialOutcome("value", value=value)
+
+
+def _exception_outcome(exc: BaseException) -> TrialOutcome:
+    trace, where = user_traceback(exc)
+    return TrialOutcome("exception", reason=_failure_reason(exc), traceback=trace, where=where)
 
 
 def describe_status(status: int) -> str:
@@ -180,12 +184,13 @@ _METHODS = frozenset(
         "suggest_uniform",
         "suggest_loguniform",
         "suggest_discrete_uniform",
-        "report",
         "should_prune",
-        "set_user_attr",
-        "set_system_attr",
     }
 )
+#: Trial methods that return nothing: sent without waiting for the worker (one pipe trip fewer
+#: each). An error they raise in the worker is raised by the child's next call that waits, or
+#: fails the trial when it ends.
+_ONE_WAY = frozenset({"report", "set_user_attr", "set_system_attr"})
 
 
 class TrialProxy:
@@ -202,9 +207,14 @@ class TrialProxy:
             raise value
         return value
 
+    def _tell(self, name: str, args: Sequence[Any], kwargs: Any) -> None:
+        self._conn.send(("tell", name, tuple(args), kwargs))
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        if name in _ONE_WAY:
+            return lambda *a, **k: self._tell(name, a, k)
         if name in _METHODS:
             return lambda *a, **k: self._ask("call", name, a, k)
         status = self._ask("getattr", name)
@@ -326,6 +336,7 @@ class ChildRunner:
         conn = self.conn
         assert conn is not None
         deadline = None if timeout is None else time.monotonic() + timeout
+        pending: BaseException | None = None  # raised by a one-way call, not yet reported
         try:
             conn.send(("run", trial.number))
             while True:
@@ -344,8 +355,18 @@ class ChildRunner:
                     )
                 if message[0] == "done":
                     outcome: TrialOutcome = message[1]
+                    if pending is not None and not outcome.failed:
+                        return _exception_outcome(pending)
                     return outcome
-                conn.send(_answer(trial, *message))
+                if message[0] == "tell":
+                    answer = _answer(trial, *message)
+                    if answer[0] == "raise" and pending is None:
+                        pending = answer[1]
+                    continue
+                answer = _answer(trial, *message)
+                if pending is not None:
+                    answer, pending = ("raise", pending), None
+                conn.send(answer)
         except BaseException:
             self._kill()  # interrupted: the trial is handed back, the child must not go on
             raise
@@ -364,7 +385,7 @@ def _answer(trial: optuna.Trial, op: str, name: str, args: Any, kwargs: Any) -> 
         attr = getattr(trial, name)
         if op == "getattr":
             return ("ok", "method" if callable(attr) else ("value", attr))
-        return ("ok", attr(*args, **kwargs))
+        return ("ok", attr(*args, **kwargs))  # op: "call" or "tell"
     except Exception as exc:
         try:
             import pickle
