@@ -10,11 +10,14 @@ import signal
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from tunefleet.constants import ExitCode
 from tunefleet.failures import TracebackFilter
+from tunefleet.objectives import Objective, WorkerContext
+from tunefleet.runner import ChildRunner
 from tunefleet.storage import open_storage
 
 from .conftest import DATA, tunefleet
@@ -310,3 +313,31 @@ def test_failure_options_in_the_spec_file(tmp_path: Path) -> None:
     args = spec.merged(study="s").worker_args()
     assert args[args.index("--max-failures") + 1] == "4"
     assert args[args.index("--trial-timeout") + 1] == "30.0"
+
+
+class _Reports(Objective):
+    name = "reports"
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        trial.report(x, 0)  # one way: multi-objective studies refuse it in the worker
+        trial.set_user_attr("seen", x)
+        return x
+
+
+def test_the_child_stand_in_reports_errors_of_one_way_calls() -> None:
+    runner = ChildRunner(_Reports())
+    runner.setup(WorkerContext())
+    try:
+        single = optuna.create_study()
+        trial = single.ask()
+        outcome = runner.run(trial, 60)
+        assert outcome.kind == "value" and outcome.value == trial.params["x"]
+        assert single._storage.get_trial(trial._trial_id).intermediate_values == {0: outcome.value}
+        assert trial.user_attrs == {"seen": outcome.value}
+        multi = optuna.create_study(directions=["minimize", "minimize"])
+        outcome = runner.run(multi.ask(), 60)
+        assert outcome.kind == "exception" and outcome.reason.startswith("NotImplementedError")
+        assert runner.n_started == 1  # the same child ran both trials
+    finally:
+        runner.close()
