@@ -248,6 +248,7 @@ def _failed_pod(code: int | None, *conditions: str) -> dict:
         (75, ("DisruptionTarget",), "Ignore"),
         (2, (), "FailJob"),  # bad objective or option: every replacement would fail the same
         (3, (), "FailJob"),  # storage unusable after db_wait
+        (5, (), "FailJob"),  # the objective is broken: every pod of the Job stopped
         (1, (), "Count"),  # unexpected crash: counted against backoffLimit, replaced
         (137, (), "Count"),  # OOM-killed
         (None, ("DisruptionTarget",), "Ignore"),  # deleted before its container ran
@@ -373,6 +374,8 @@ def test_worker_args_reproduce_the_study_spec() -> None:
         retry_failed=2,
         db_wait=30.0,
         storage_engine="stock",
+        max_failures=7,
+        trial_timeout=90.5,
     )
     args = worker_args(spec)
     assert args[:2] == ["tunefleet", "worker"]

@@ -32,7 +32,7 @@ from tunefleet.kubernetes import (
     study_name,
     threads_for,
 )
-from tunefleet.kubernetes._manifests import RUN_AS_USER
+from tunefleet.kubernetes._manifests import JOB_UID_FIELD, RUN_AS_USER
 from tunefleet.storage import open_storage
 
 from .conftest import clean_env
@@ -72,6 +72,9 @@ def pod_process(job: dict[str, Any], secret: dict[str, Any]) -> tuple[list[str],
             ref = source["resourceFieldRef"]
             assert (ref["resource"], ref["divisor"]) == ("limits.cpu", "1")
             env[item["name"]] = str(threads_for(container["resources"]["limits"]["cpu"]))
+        elif "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == JOB_UID_FIELD
+            env[item["name"]] = job["metadata"]["name"] + "-uid"  # the same for the Job's pods
         else:
             raise AssertionError(f"the pod gets {item['name']} from an unexpected source")
     return _entrypoint() + container["args"], env
@@ -209,6 +212,47 @@ def test_bad_input_and_storage_errors_fail_the_job_at_once(
     assert failure_action(job, failed_pod(code)) == "FailJob"
     assert out.startswith("error: ") and out.count("\n") == 1
     assert PASSWORD not in out
+
+
+@pytest.mark.postgres
+def test_a_broken_objective_stops_every_pod_and_fails_the_job(pg_url: str) -> None:
+    job, secret, url = render(
+        pg_url, objective=f"{OBJECTIVES}:slow_fails", n_trials=20, env={"SLEEP_S": "0.5"}
+    )
+    pods = [start(job, secret) for _ in range(job["spec"]["parallelism"])]
+    results = [exited(pod, timeout=120) for pod in pods]
+    for code, out in results:
+        assert code == 5, out
+        assert failure_action(job, failed_pod(code)) == "FailJob"
+        assert "the objective is broken" in out and PASSWORD not in out
+    storage = open_storage(url)
+    try:
+        trials = optuna.load_study(study_name="pod-contract", storage=storage.optuna).trials
+        study_id = storage.optuna.get_study_id_from_name("pod-contract")
+        counted = storage.ledger.budget(study_id).n_counted
+    finally:
+        storage.close()
+    assert {t.state for t in trials} == {TrialState.FAIL} and len(trials) <= 5
+    assert counted == 0  # given back: the Job applied again after the fix runs all 20
+
+
+@pytest.mark.postgres
+def test_hung_trials_time_out_in_pods_and_the_budget_is_exact(pg_url: str) -> None:
+    job, secret, url = render(
+        pg_url, objective=f"{OBJECTIVES}:hangs_on_odd", n_trials=4, trial_timeout=1.5
+    )
+    pods = [start(job, secret) for _ in range(job["spec"]["parallelism"])]
+    for code, out in [exited(pod, timeout=120) for pod in pods]:
+        assert code == 0, out
+    storage = open_storage(url)
+    try:
+        trials = optuna.load_study(study_name="pod-contract", storage=storage.optuna).trials
+    finally:
+        storage.close()
+    assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
+    timed_out = [t for t in trials if t.state == TrialState.FAIL]
+    assert sorted(t.number for t in timed_out) == [1, 3]
+    assert all("timed out" in t.system_attrs["fail_reason"] for t in timed_out)
 
 
 # --- the image ----------------------------------------------------------------------------------

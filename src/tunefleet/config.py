@@ -16,6 +16,9 @@ One file describes a study for a local fleet now and for Kubernetes later::
     heartbeat_interval = 5  # seconds between a worker's heartbeats
     grace_period = 60       # silence after which a worker is declared lost
     retry_failed = 0        # re-runs of a trial whose objective raised, same parameters
+    # when the objective fails (docs/failures.md)
+    # max_failures = 20     # stop the fleet after more than 20 failed trials [unlimited]
+    # trial_timeout = 600   # seconds: a longer trial is stopped and fails as timed out
     db_wait = 60            # seconds to wait for an unreachable database
 
     [objective_args]
@@ -80,6 +83,8 @@ class StudySpec:
     db_wait: float = 60.0
     max_restarts: int | None = None
     storage_engine: str = "auto"
+    max_failures: int | None = None
+    trial_timeout: float | None = None
 
     def merged(self, **overrides: Any) -> StudySpec:
         """A copy with every override that is not None (or empty) applied, then validated."""
@@ -126,6 +131,10 @@ class StudySpec:
             "--storage-engine",
             self.storage_engine,
         ]
+        if self.max_failures is not None:
+            args += ["--max-failures", str(self.max_failures)]
+        if self.trial_timeout is not None:
+            args += ["--trial-timeout", repr(self.trial_timeout)]
         for key, value in self.objective_args.items():
             args += ["--objective-arg", f"{key}={toml_value(value)}"]
         return args
@@ -164,6 +173,14 @@ class StudySpec:
             raise bad("db_wait", f"must be 0 or more seconds, got {self.db_wait}")
         if self.retry_failed > MAX_TRIALS:
             raise bad("retry_failed", f"must be at most {MAX_TRIALS}, got {self.retry_failed}")
+        if self.max_failures is not None and self.max_failures < 0:
+            raise bad("max_failures", f"must be 0 or more, got {self.max_failures}")
+        if self.trial_timeout is not None and not (
+            self.trial_timeout > 0 and math.isfinite(self.trial_timeout)
+        ):
+            raise bad(
+                "trial_timeout", f"must be a positive number of seconds, got {self.trial_timeout}"
+            )
         if self.max_restarts is not None and self.max_restarts < 0:
             raise bad("max_restarts", f"must be 0 or more, got {self.max_restarts}")
         if self.storage_engine not in ENGINES:
@@ -206,6 +223,8 @@ _FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "db_wait": ((int, float), "a number of seconds"),
     "max_restarts": ((int,), "a number of restarts"),
     "storage_engine": ((str,), "one of auto, fast, stock"),
+    "max_failures": ((int,), "a number of failed trials"),
+    "trial_timeout": ((int, float), "a number of seconds"),
     # Read by `tunefleet k8s` (tunefleet.kubernetes), which checks its keys; ignored elsewhere.
     "kubernetes": ((dict,), "a table of Kubernetes settings, [kubernetes]"),
 }
@@ -258,7 +277,7 @@ def spec_from_mapping(data: Mapping[str, Any], source: str) -> StudySpec:
             )
         values["directions"] = tuple(directions)
     values.pop("kubernetes", None)
-    for key in ("timeout", "heartbeat_interval", "grace_period", "db_wait"):
+    for key in ("timeout", "heartbeat_interval", "grace_period", "db_wait", "trial_timeout"):
         if key in values:
             values[key] = float(values[key])
     return StudySpec(**values).validated(source=source)

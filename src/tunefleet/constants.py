@@ -14,10 +14,16 @@ __all__ = [
     "DATA_DIR_ENV",
     "DEBUG_ENV",
     "ENGINES",
+    "FAILURE_KIND_ATTR",
+    "FAILURE_POLICY_ATTR",
     "FAIL_REASON_ATTR",
+    "FLEET_ID_ENV",
+    "GIVEN_BACK_ATTR",
     "LOG_FORMAT_ENV",
+    "LOSSES_ATTR",
     "LOST_ATTR",
     "RETRY_OF_ATTR",
+    "STOPPED_ATTR",
     "STORAGE_ENV",
     "STORAGE_ENV_FALLBACK",
     "THREADS_ENV",
@@ -40,7 +46,9 @@ class ExitCode(IntEnum):
     STORAGE = 3
     #: The Kubernetes cluster refused or cannot be reached.
     CLUSTER = 4
-    #: The objective is broken: the study's first trials all failed, so the fleet stopped.
+    #: The objective is broken: the study's first trials all failed (or more than
+    #: ``--max-failures`` failed), so the fleet stopped; the failed trials' budget was given back.
+    #: Not retried: fix the objective and run the same command again.
     OBJECTIVE_BROKEN = 5
     #: Stopped by a signal before the study was done: a supervisor should start a replacement.
     INTERRUPTED = 75
@@ -59,12 +67,24 @@ TRACEBACK_ATTR = "tunefleet:traceback"
 LOST_ATTR = "tunefleet:lost"
 #: How many times this parameter set has been run (1 for the first run).
 ATTEMPT_ATTR = "tunefleet:attempt"
+#: How many runs of this parameter set were lost (their worker died or stopped beating).
+LOSSES_ATTR = "tunefleet:losses"
 #: On a re-run: the number of the trial it repeats.
 RETRY_OF_ATTR = "tunefleet:retry_of"
 #: The budget slot (claim id) a trial was created under.
 CLAIM_ATTR = "tunefleet:claim"
 #: The worker that ran the trial.
 WORKER_ATTR = "tunefleet:worker"
+#: How a trial failed: ``exception``, ``invalid`` (a bad return value), ``timeout``, ``crash``.
+FAILURE_KIND_ATTR = "tunefleet:failure"
+#: Set on a failed trial whose budget slot was given back when the fleet stopped on failures.
+GIVEN_BACK_ATTR = "tunefleet:given_back"
+
+# Study system attributes tunefleet writes.
+#: The failure policy every worker of the study applies: ``{"broken_after", "max_failures"}``.
+FAILURE_POLICY_ATTR = "tunefleet:failure_policy"
+#: Set when a fleet stopped on failures: ``{"reason", "fleet", "error"}``; cleared by a new run.
+STOPPED_ATTR = "tunefleet:stopped"
 
 # Environment variables tunefleet reads.
 #: The storage URL (before ``DATABASE_URL``).
@@ -79,6 +99,9 @@ DATA_DIR_ENV = "TUNEFLEET_DATA_DIR"
 DEBUG_ENV = "TUNEFLEET_DEBUG"
 #: ``json`` or ``text``: the worker's log format.
 LOG_FORMAT_ENV = "TUNEFLEET_LOG_FORMAT"
+#: Names the run (``tunefleet run``, one Kubernetes Job) a worker belongs to: the workers of one
+#: run share a stop on a broken objective; a worker of a later run starts afresh.
+FLEET_ID_ENV = "TUNEFLEET_FLEET_ID"
 
 #: Storage engines: on PostgreSQL ``auto`` means ``fast``.
 ENGINES = ("auto", "fast", "stock")

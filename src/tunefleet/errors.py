@@ -12,6 +12,7 @@ from tunefleet.constants import ExitCode
 __all__ = [
     "ConfigError",
     "NoStudiesError",
+    "ObjectiveBrokenError",
     "ObjectiveError",
     "StorageError",
     "StudyError",
@@ -41,6 +42,12 @@ class NoStudiesError(StorageError):
 
 class ObjectiveError(TunefleetError):
     """The objective cannot be found, imported or called."""
+
+
+class ObjectiveBrokenError(TunefleetError):
+    """The fleet stopped because the objective keeps failing (see :mod:`tunefleet.failures`)."""
+
+    exit_code: int = ExitCode.OBJECTIVE_BROKEN
 
 
 class StudyError(TunefleetError):

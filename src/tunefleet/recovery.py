@@ -29,6 +29,11 @@ LOST_ATTR = constants.LOST_ATTR
 TRACEBACK_ATTR = constants.TRACEBACK_ATTR
 #: Which attempt at these parameters a trial is (1 for the first), for ``--retry-failed``.
 ATTEMPT_ATTR = constants.ATTEMPT_ATTR
+#: How many runs of these parameters were lost (their worker stopped beating).
+LOSSES_ATTR = constants.LOSSES_ATTR
+#: Lost runs of one parameter set re-run beyond ``--retry-failed``: a lost worker is usually the
+#: machine's fault (a preempted node), not the parameters'.
+EXTRA_LOSSES = 2
 
 
 def requeue_trial(
@@ -37,6 +42,7 @@ def requeue_trial(
     claim_id: int,
     trial_id: int,
     lost_reason: str | None = None,
+    max_losses: int | None = None,
 ) -> int | None:
     """Queue a re-run of ``trial_id`` and give its slot back; return the re-run's trial id.
 
@@ -44,9 +50,29 @@ def requeue_trial(
     worker was alive after all): then it keeps its slot and nothing is queued (returns None).
     Without, the caller has already told the trial's failure (``--retry-failed``).
     The caller must have marked the claim for requeueing (``Ledger.mark_requeue``).
+
+    With ``max_losses``, a trial whose parameters were already lost that many times (their
+    objective likely kills its process: ``os._exit``, a segfault, the OOM killer) is failed
+    with that reason and keeps its slot, instead of crashing worker after worker.
     """
     optuna_storage = storage.optuna
     trial = optuna_storage.get_trial(trial_id)
+    losses = int(trial.system_attrs.get(LOSSES_ATTR, 0)) + (lost_reason is not None)
+    if lost_reason is not None and max_losses is not None and losses > max_losses:
+        if trial.state == TrialState.RUNNING:
+            try:
+                optuna_storage.set_trial_system_attr(
+                    trial_id,
+                    constants.FAIL_REASON_ATTR,
+                    f"{lost_reason}, the {losses}th time with these parameters: the objective "
+                    "may kill its process (os._exit, a segfault, out of memory); not re-run",
+                )
+                optuna_storage.set_trial_system_attr(trial_id, constants.FAILURE_KIND_ATTR, "crash")
+                optuna_storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+        storage.ledger.keep_claim(claim_id)
+        return None
     if lost_reason is not None:
         if trial.state == TrialState.RUNNING:
             try:
@@ -76,6 +102,7 @@ def requeue_trial(
                 "fixed_params": fixed,
                 RETRY_OF_ATTR: trial.number,
                 ATTEMPT_ATTR: attempt,
+                LOSSES_ATTR: losses,
             },
             user_attrs=trial.user_attrs,
         )

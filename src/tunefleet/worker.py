@@ -13,7 +13,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,14 +27,24 @@ from tunefleet import constants
 from tunefleet._redact import redact
 from tunefleet.config import StudySpec
 from tunefleet.constants import ExitCode
+from tunefleet.failures import (
+    TRACEBACK_HEADER,
+    FailurePolicy,
+    Stop,
+    check_failures,
+    clear_stop,
+    read_stop,
+    store_policy,
+)
 from tunefleet.objectives import Objective, WorkerContext
 from tunefleet.objectives._common import worker_threads
-from tunefleet.recovery import ATTEMPT_ATTR, TRACEBACK_ATTR, requeue_trial
+from tunefleet.recovery import ATTEMPT_ATTR, EXTRA_LOSSES, TRACEBACK_ATTR, requeue_trial
+from tunefleet.runner import ChildRunner, InProcessRunner, Interrupted, TrialOutcome
 from tunefleet.samplers import make_sampler
 from tunefleet.storage import FleetStorage
 from tunefleet.study import FleetStudy, open_study
 
-__all__ = ["EXIT_DONE", "EXIT_INTERRUPTED", "Worker", "WorkerResult"]
+__all__ = ["EXIT_DONE", "EXIT_INTERRUPTED", "Interrupted", "Worker", "WorkerResult"]
 
 log = logging.getLogger("tunefleet.worker")
 
@@ -54,24 +63,19 @@ _POLL_MIN_S, _POLL_MAX_S = 0.2, 2.0
 STOP_DEADLINE_S = 5.0
 
 
-class Interrupted(BaseException):
-    """Raised in the main thread by SIGTERM/SIGINT; a BaseException so objectives don't catch it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 @dataclass(frozen=True)
 class WorkerResult:
     """Why a worker stopped, and what it did."""
 
-    reason: str  # "budget", "deadline", "interrupted"
+    reason: str  # "budget", "deadline", "interrupted", "failures"
     n_trials: int
     study: str
+    stop: Stop | None = None  # why the fleet stopped, when reason is "failures"
 
     @property
     def exit_code(self) -> int:
+        if self.reason == "failures":
+            return ExitCode.OBJECTIVE_BROKEN
         return EXIT_INTERRUPTED if self.reason == "interrupted" else EXIT_DONE
 
 
@@ -95,6 +99,16 @@ class Worker:
         self.n_trials = 0
         self._stop = _StopSignals()
         self._failed_in_a_row = 0
+        # The workers of one run share a stop on failures; a lone worker is a run of its own.
+        self.fleet_id = os.environ.get(constants.FLEET_ID_ENV) or self.worker_id
+        self.policy = FailurePolicy()
+        #: Set (by the heartbeat thread or after a failure) when the fleet stops on failures.
+        self.stopped: Stop | None = None
+        self._errors_shown: set[str] = set()
+        self._seen_success = False  # a trial of the study completed: it cannot be broken
+        self.runner: InProcessRunner | ChildRunner = (
+            InProcessRunner(objective) if spec.trial_timeout is None else ChildRunner(objective)
+        )
 
     def run(self) -> WorkerResult:
         # The objective's numerical libraries get this worker's share of the CPUs, not all of
@@ -106,6 +120,15 @@ class Worker:
             reason = self._done_reason(fleet_study)
             log.info("study %s is already done (%s): nothing to do", name, reason)
             return WorkerResult(reason, 0, name)
+        study_id = fleet_study.study_id
+        self.policy = store_policy(self.storage, study_id, self.spec.max_failures)
+        previous = read_stop(self.storage, study_id)
+        if previous is not None:
+            if previous.fleet == self.fleet_id:  # this run stopped before this worker joined
+                log.error("study %s stopped: %s", name, previous.reason)
+                return WorkerResult("failures", 0, name, previous)
+            log.info("study %s had stopped (%s): trying again", name, previous.reason)
+            clear_stop(self.storage, study_id)
 
         ledger = self.storage.ledger
         ordinal = ledger.register_worker(
@@ -121,7 +144,7 @@ class Worker:
         reason = "interrupted"
         try:
             with self._stop:
-                self.objective.setup(WorkerContext(seed=self.spec.seed, n_threads=n_threads))
+                self.runner.setup(WorkerContext(seed=self.spec.seed, n_threads=n_threads))
                 log.info(
                     "worker %s joined study %s on %s",
                     self.worker_id,
@@ -132,6 +155,7 @@ class Worker:
         except Interrupted as exc:
             log.warning("worker %s stopping on %s", self.worker_id, exc)
         finally:
+            self.runner.close()
             heartbeat.stop()
             for claim_id in ledger.open_claims_of(self.worker_id):
                 ledger.release(claim_id)
@@ -139,13 +163,16 @@ class Worker:
             log.info(
                 "worker %s stopped (%s) after %d trials", self.worker_id, reason, self.n_trials
             )
-        return WorkerResult(reason, self.n_trials, name)
+        return WorkerResult(reason, self.n_trials, name, self.stopped)
 
     def _loop(self, fleet_study: FleetStudy) -> str:
         ledger = self.storage.ledger
         poll = _POLL_MIN_S
         while True:
             self._stop.check()
+            if self.stopped is not None:
+                log.error("the fleet stopped: %s", self.stopped.reason)
+                return "failures"
             taken = self.storage.ask_trial(fleet_study.study, self.worker_id)
             if taken is None:
                 # Every slot is taken; wait for the study to finish, or for a slot to come back
@@ -180,19 +207,7 @@ class Worker:
         )
         try:
             with self._stop.interruptible():
-                value = self.objective(trial)
-        except optuna.TrialPruned:
-            self._tell(study, trial, state=TrialState.PRUNED)
-            step = study._storage.get_trial(trial._trial_id).last_step
-            log.info(
-                "trial %d pruned at step %s (%.2fs)",
-                trial.number,
-                step,
-                time.perf_counter() - started,
-                extra={"event": "pruned", "trial": trial.number, "step": step},
-            )
-            self._failed_in_a_row = 0
-            return
+                outcome = self.runner.run(trial, self.spec.trial_timeout)
         except Interrupted as exc:
             # Not the objective's doing: hand the trial back at once, re-queued with the same
             # parameters, rather than leave it to the grace period.
@@ -210,17 +225,31 @@ class Worker:
                 extra={"event": "lost", "trial": trial.number},
             )
             raise
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self._fail(fleet_study, claim_id, trial, reason, details=traceback.format_exc())
+        if outcome.kind == "pruned":
+            self._tell(study, trial, state=TrialState.PRUNED)
+            step = study._storage.get_trial(trial._trial_id).last_step
+            log.info(
+                "trial %d pruned at step %s (%.2fs)",
+                trial.number,
+                step,
+                time.perf_counter() - started,
+                extra={"event": "pruned", "trial": trial.number, "step": step},
+            )
+            self._failed_in_a_row = 0
+            self._seen_success = True
             return
+        if outcome.failed:
+            self._fail(fleet_study, claim_id, trial, outcome)
+            return
+        value = outcome.value
         problem = _invalid_value(value, len(study.directions))
         if problem is not None:
-            self._fail(fleet_study, claim_id, trial, problem)
+            self._fail(fleet_study, claim_id, trial, TrialOutcome("invalid", reason=problem))
             return
         values = [float(v) for v in _as_list(value)]
         self._tell(study, trial, values=values)
         self._failed_in_a_row = 0
+        self._seen_success = True
         elapsed = time.perf_counter() - started
         log.info(
             "trial %d finished: value %s, params %s (%.2fs)",
@@ -250,30 +279,31 @@ class Worker:
             ) from exc
 
     def _fail(
-        self,
-        fleet_study: FleetStudy,
-        claim_id: int,
-        trial: optuna.Trial,
-        reason: str,
-        details: str | None = None,
+        self, fleet_study: FleetStudy, claim_id: int, trial: optuna.Trial, outcome: TrialOutcome
     ) -> None:
         study, ledger = fleet_study.study, self.storage.ledger
-        reason = redact(reason)[:2000]
+        reason = redact(outcome.reason)[:2000]
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-        if details:
-            storage.set_trial_system_attr(trial._trial_id, TRACEBACK_ATTR, redact(details)[-8000:])
+        storage.set_trial_system_attr(trial._trial_id, constants.FAILURE_KIND_ATTR, outcome.kind)
+        if outcome.traceback:
+            storage.set_trial_system_attr(
+                trial._trial_id, TRACEBACK_ATTR, redact(outcome.traceback)[-8000:]
+            )
         attempt = int(storage.get_trial_system_attrs(trial._trial_id).get(ATTEMPT_ATTR, 1))
-        retry = attempt <= self.spec.retry_failed
+        # A timeout is a result (its slot counts); an exception or a crash may be retried.
+        retry = outcome.kind in ("exception", "crash") and attempt <= self.spec.retry_failed
         if retry:
             ledger.mark_requeue(claim_id)  # before the FAIL, so the study never looks done
         self._tell(study, trial, state=TrialState.FAIL)
+        where = f" (at {outcome.where})" if outcome.where else ""
         if retry:
             requeue_trial(self.storage, fleet_study.study_id, claim_id, trial._trial_id)
             log.warning(
-                "trial %d failed: %s; re-running it with the same parameters (retry %d of %d)",
+                "trial %d failed: %s%s; re-running it with the same parameters (retry %d of %d)",
                 trial.number,
                 reason,
+                where,
                 attempt,
                 self.spec.retry_failed,
                 extra={
@@ -285,13 +315,13 @@ class Worker:
             )
         else:
             log.warning(
-                "trial %d failed: %s",
+                "trial %d failed: %s%s",
                 trial.number,
                 reason,
+                where,
                 extra={"event": "failed", "trial": trial.number, "reason": reason},
             )
-        if details:
-            log.debug("trial %d traceback:\n%s", trial.number, redact(details))
+        self._show_traceback(trial.number, outcome)
         self._failed_in_a_row += 1
         if self._failed_in_a_row in (5, 20, 100):
             counts = self.storage.ledger.trial_counts(fleet_study.study_id)
@@ -302,6 +332,32 @@ class Worker:
                     self.worker_id,
                     self._failed_in_a_row,
                 )
+        # Once a trial completed, only --max-failures can stop the fleet: skip the queries.
+        if not retry and not (self._seen_success and self.policy.max_failures is None):
+            error = f"{reason}{where}" if outcome.kind == "exception" else reason
+            stop = check_failures(
+                self.storage, fleet_study.study_id, self.policy, self.fleet_id, error
+            )
+            if stop is not None:
+                self.stopped = stop
+
+    def _show_traceback(self, number: int, outcome: TrialOutcome) -> None:
+        """The traceback of each distinct error once (per worker; ``run`` drops repeats)."""
+        if not outcome.traceback:
+            return
+        signature = outcome.signature
+        if signature in self._errors_shown:
+            log.debug("trial %d traceback:\n%s", number, outcome.traceback)
+            return
+        self._errors_shown.add(signature)
+        log.warning(
+            "trial %d: %s; %s:\n%s",
+            number,
+            signature,
+            TRACEBACK_HEADER,
+            outcome.traceback.rstrip("\n"),
+            extra={"event": "traceback", "trial": number, "error_at": signature},
+        )
 
 
 class _Heartbeat(threading.Thread):
@@ -335,6 +391,8 @@ class _Heartbeat(threading.Thread):
     def _beat(self) -> None:
         worker = self.worker
         ledger = worker.storage.ledger
+        if worker.stopped is None:  # another worker stopped the fleet on failures
+            worker.stopped = read_stop(worker.storage, self.study_id)
         if not ledger.heartbeat(worker.worker_id):
             log.warning(
                 "worker %s had been declared lost (no heartbeat for more than %gs); its "
@@ -358,7 +416,12 @@ class _Heartbeat(threading.Thread):
                 f"{worker.spec.grace_period:g}s)"
             )
             rerun = requeue_trial(
-                worker.storage, self.study_id, claim.claim_id, claim.trial_id, lost_reason=reason
+                worker.storage,
+                self.study_id,
+                claim.claim_id,
+                claim.trial_id,
+                lost_reason=reason,
+                max_losses=worker.spec.retry_failed + EXTRA_LOSSES,
             )
             if rerun is not None:
                 log.warning(

@@ -136,3 +136,58 @@ def mixed_kinds(trial: optuna.Trial) -> float:
     if trial.number % 2 == 0:
         return trial.suggest_float("x", 0, 1)
     return float(trial.suggest_int("x", 0, 10))
+
+
+def calls_sys_exit(trial: optuna.Trial) -> float:
+    """Like a script's argparse on bad arguments: exits the process, status 2."""
+    import sys
+
+    trial.suggest_float("x", 0, 1)
+    sys.exit(2)
+
+
+def raises_keyboard_interrupt(trial: optuna.Trial) -> float:
+    trial.suggest_float("x", 0, 1)
+    raise KeyboardInterrupt
+
+
+def slow_fails(trial: optuna.Trial) -> float:
+    """Fails after $SLEEP_S (default 0.3 s), as a broken training script does after loading."""
+    import time
+
+    trial.suggest_float("x", 0, 1)
+    time.sleep(float(os.environ.get("SLEEP_S", "0.3")))
+    raise RuntimeError("broken on purpose")
+
+
+def hangs_on_odd(trial: optuna.Trial) -> float:
+    """Odd trials spin forever in pure Python (nothing can interrupt them in-process); even
+    trials report, may be pruned, and return."""
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number % 2:
+        while True:
+            pass
+    trial.report(x, 0)
+    if trial.should_prune():
+        raise optuna.TrialPruned()
+    return x
+
+
+def exits_process(trial: optuna.Trial) -> float:
+    """Kills its own process, as a segfault or the OOM killer would."""
+    trial.suggest_float("x", 0, 1)
+    os._exit(7)
+
+
+_LOADED: list[int] = []
+
+
+def loads_once(trial: optuna.Trial) -> float:
+    """Loads its data on the first call in a process, noting the pid in $RECORD_FILE."""
+    if not _LOADED:
+        _LOADED.append(os.getpid())
+        with Path(os.environ["RECORD_FILE"]).open("a") as f:
+            f.write(f"{os.getpid()}\n")
+    x = trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("pid", os.getpid())
+    return x

@@ -24,6 +24,7 @@ from tunefleet.cli._k8s import k8s
 from tunefleet.cli._monitor import best, dashboard, report, status, studies, trials
 from tunefleet.cli._rescore import rescore
 from tunefleet.cli._study import run, worker
+from tunefleet.cli._trial import trial
 from tunefleet.constants import ExitCode
 from tunefleet.errors import TunefleetError
 from tunefleet.storage._errors import _root_message
@@ -52,6 +53,7 @@ cli.add_command(status)
 cli.add_command(studies)
 cli.add_command(best)
 cli.add_command(trials)
+cli.add_command(trial)
 cli.add_command(report)
 cli.add_command(dashboard)
 cli.add_command(data)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -19,17 +20,20 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
 
+from tunefleet import constants
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
 from tunefleet.constants import LOST_ATTR, ExitCode
-from tunefleet.errors import ConfigError, StorageError, TunefleetError
+from tunefleet.errors import ConfigError, ObjectiveBrokenError, StorageError, TunefleetError
+from tunefleet.failures import TracebackFilter, read_stop
 from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
 from tunefleet.objectives._base import cpu_count
 from tunefleet.objectives._common import THREADS_ENV
 from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
 from tunefleet.storage._engine import QUERY_TIMEOUT_S
+from tunefleet.storage._failures import counted_failures
 from tunefleet.study import FleetStudy, default_study_name, open_study, resolve_directions
 from tunefleet.summary import summarize
 from tunefleet.worker import EXIT_DONE
@@ -118,6 +122,19 @@ def study_options(func: F) -> F:
             type=int,
             metavar="K",
             help="Re-run a trial whose objective raised up to K times, same parameters [0].",
+        ),
+        click.option(
+            "--max-failures",
+            type=int,
+            metavar="N",
+            help="Stop the fleet once more than N trials failed [unlimited; a study whose "
+            "first 3 trials all fail stops anyway].",
+        ),
+        click.option(
+            "--trial-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="Stop a trial that runs longer; it fails as timed out and counts [none].",
         ),
         click.option(
             "--storage-engine",
@@ -228,15 +245,20 @@ def run(
 
     if fleet_study.budget.done:
         console.print(f"study {spec.study} is already done: nothing to run")
+        console.print(_how_to_go_on(fleet_study, spec), highlight=False)
         return done(0)
+    tracebacks = TracebackFilter()
 
     def show(index: int, line: str) -> None:
+        if not tracebacks.keep(index, line):
+            return  # another worker already showed this error's traceback
         if log_format == "json":  # already one JSON object per line, naming its worker
             click.echo(redact(line), err=True)
             return
         console.print(f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False)
 
-    env = {"TUNEFLEET_STORAGE": storage.env_url}
+    # The workers of this run share a stop on a broken objective (tunefleet.failures).
+    env = {"TUNEFLEET_STORAGE": storage.env_url, constants.FLEET_ID_ENV: uuid.uuid4().hex}
     if THREADS_ENV not in os.environ:  # each worker's threads: its share of the CPUs
         env[THREADS_ENV] = str(max(1, cpu_count() // n_workers))
     fleet = LocalFleet(
@@ -274,6 +296,9 @@ def run(
     codes = fleet.wait()
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     study_done = storage.ledger.budget(fleet_study.study_id).done
+    if ExitCode.OBJECTIVE_BROKEN in codes and not study_done:
+        done(ExitCode.OBJECTIVE_BROKEN, fleet.restarts)
+        raise _broken_error(fleet_study)
     code = done(0 if study_done else 1, fleet.restarts)
     if failed and not study_done and all(c == ExitCode.STORAGE for _, c in failed):
         raise StorageError(
@@ -385,11 +410,11 @@ def _restart_crashed(
         if code is None or code == EXIT_DONE or index in given_up:
             continue
         if (
-            code in (TunefleetError.exit_code, ExitCode.STORAGE)
+            code in (TunefleetError.exit_code, ExitCode.STORAGE, ExitCode.OBJECTIVE_BROKEN)
             or fleet_study.storage.ledger.budget(fleet_study.study_id).done
         ):
-            # Bad input fails again, as does a database already waited for (--db-wait); a done
-            # study needs no replacement.
+            # Bad input fails again, as do a broken objective and a database already waited
+            # for (--db-wait); a done study needs no replacement.
             given_up.add(index)
             continue
         if fleet.restarts >= max_restarts:
@@ -448,8 +473,43 @@ def worker(
     one = Worker(storage, spec, objective_obj)
     set_log_context(worker=one.worker_id)
     result = one.run()
+    if result.reason == "failures":
+        raise _broken_error(open_study(storage, spec.merged(n_trials=None), objective_obj))
     if as_json:
         fleet_study = open_study(storage, spec.merged(n_trials=None, timeout=None), objective_obj)
         summary = summarize(fleet_study, wall_s=time.monotonic() - started)
         Console().print_json(json.dumps(summary.to_json()))
     return result.exit_code
+
+
+def _broken_error(fleet_study: FleetStudy) -> ObjectiveBrokenError:
+    """The one-line error for a fleet stopped on failures: why, where, and what to do."""
+    stop = read_stop(fleet_study.storage, fleet_study.study_id)
+    why = stop.reason if stop else "the objective keeps failing"
+    first = f" (first error: {stop.error})" if stop and stop.error else ""
+    return ObjectiveBrokenError(
+        f"{why}{first}: fix the objective and run the same command again (the failed trials' "
+        f"budget was given back); 'tunefleet trial N --study {fleet_study.name}' prints a "
+        "trial's traceback"
+    )
+
+
+def _how_to_go_on(fleet_study: FleetStudy, spec: StudySpec) -> str:
+    """For a study whose budget is spent: the ways to run more."""
+    budget = fleet_study.budget
+    if budget.deadline_passed and not budget.budget_spent:
+        return f"its deadline has passed: to run more, pick a new --study than {spec.study}"
+    storage = fleet_study.storage
+    n_failed = sum(counted_failures(storage.engine, storage.retrier, fleet_study.study_id).values())
+    more = (budget.n_trials or 0) + 10
+    hint = (
+        f"to run more, raise the budget (--n-trials {more} runs 10 more trials in this study) "
+        f"or start afresh with a new --study"
+    )
+    if n_failed:
+        hint += (
+            f"; {n_failed} of its trials failed ('tunefleet trials --state fail' lists them): "
+            f"--n-trials {(budget.n_trials or 0) + n_failed} runs as many new ones, and "
+            "--retry-failed K re-runs a failing trial's parameters up to K times"
+        )
+    return hint

@@ -23,10 +23,12 @@ contract the Job is Kubernetes' "work queue" pattern:
   2. exit code 75 or 143 -> ``Ignore``: 75 is the worker's graceful stop on SIGTERM (what
      ``kubectl delete pod`` sends, which sets no DisruptionTarget condition); 143 is SIGTERM
      arriving before the worker installed its handler (while importing). Replaced, not charged.
-  3. exit code 2 or 3 -> ``FailJob``: a bad objective, option or storage URL fails identically in
-     every replacement, so the Job fails at once with the reason in its condition, instead of
+  3. exit code 2, 3 or 5 -> ``FailJob``: a bad objective, option or storage URL fails identically
+     in every replacement, so the Job fails at once with the reason in its condition, instead of
      crash-looping through ``backoffLimit`` with exponential back-off. (3 comes only after the
-     worker waited ``db_wait`` for the database: raise ``db_wait`` for long outages.)
+     worker waited ``db_wait`` for the database: raise ``db_wait`` for long outages.) 5: the
+     objective is broken (its first trials all failed, or more than ``max_failures``): every
+     pod of the Job stopped, the failed trials' budget was given back; fix it and apply again.
   4. anything else (1: unexpected error; 137: OOM-killed or killed after the grace period) counts
      against ``backoffLimit``, which defaults to 3 x workers like ``tunefleet run --max-restarts``.
 
@@ -60,7 +62,7 @@ import yaml
 
 from tunefleet import constants
 from tunefleet.config import StudySpec
-from tunefleet.constants import ExitCode
+from tunefleet.constants import FLEET_ID_ENV, ExitCode
 from tunefleet.errors import ConfigError
 from tunefleet.kubernetes._options import FleetOptions
 from tunefleet.objectives._loader import BUILTINS
@@ -103,7 +105,11 @@ RUN_AS_USER = 10001
 THREADS_ENV = constants.THREADS_ENV
 EXIT_CONFIG = int(ExitCode.CONFIG)
 EXIT_STORAGE = int(ExitCode.STORAGE)
+EXIT_OBJECTIVE_BROKEN = int(ExitCode.OBJECTIVE_BROKEN)
 _EXIT_SIGTERM = int(ExitCode.SIGTERM)
+#: The Job controller labels its pods with the Job's uid (Kubernetes 1.27+; on older clusters
+#: the variable is empty and each pod is a run of its own).
+JOB_UID_FIELD = "metadata.labels['batch.kubernetes.io/controller-uid']"
 
 _MAX_NAME = 63 - len("tunefleet-") - len("-storage")
 
@@ -181,7 +187,7 @@ def _pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": CONTAINER,
                     "operator": "In",
-                    "values": [EXIT_CONFIG, EXIT_STORAGE],
+                    "values": [EXIT_CONFIG, EXIT_STORAGE, EXIT_OBJECTIVE_BROKEN],
                 },
             },
         ]
@@ -206,6 +212,9 @@ def _env(options: FleetOptions, secret: str) -> list[dict[str, Any]]:
         # The root filesystem is read-only: caches (matplotlib, keras, torch) go to the emptyDir.
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # The pods of one Job are one run: they share a stop on a broken objective, and the pods
+        # of a Job applied again after the fix start afresh (tunefleet.failures).
+        {"name": FLEET_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": JOB_UID_FIELD}}},
     ]
     # The user's settings win over ours (but never over the storage URL, see FleetOptions).
     env = [e for e in ours if e["name"] not in options.env]

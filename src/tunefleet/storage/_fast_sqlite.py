@@ -48,15 +48,10 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import constants
+from tunefleet.storage._clock import stored_to_local as _local
+from tunefleet.storage._clock import utc_now as _utcnow
 from tunefleet.storage._engine import SQLITE_BUSY_TIMEOUT_S
-from tunefleet.storage._fast import (
-    _copy_trial,
-    _distribution,
-    _local,
-    _Pending,
-    _StudyCache,
-    _utcnow,
-)
+from tunefleet.storage._fast import _copy_trial, _distribution, _Pending, _StudyCache
 from tunefleet.storage._retry import Retrier
 
 __all__ = ["FastSqliteStorage"]
