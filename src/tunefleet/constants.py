@@ -17,6 +17,7 @@ __all__ = [
     "FAIL_REASON_ATTR",
     "LOG_FORMAT_ENV",
     "LOST_ATTR",
+    "READ_DB_WAIT_S",
     "RETRY_OF_ATTR",
     "STORAGE_ENV",
     "STORAGE_ENV_FALLBACK",
@@ -82,3 +83,7 @@ LOG_FORMAT_ENV = "TUNEFLEET_LOG_FORMAT"
 
 #: Storage engines: on PostgreSQL ``auto`` means ``fast``.
 ENGINES = ("auto", "fast", "stock")
+
+#: How long a reader (``status``, ``trials``, ...) waits for an unreachable database by default;
+#: a worker waits 60 s (``--db-wait``).
+READ_DB_WAIT_S = 10.0

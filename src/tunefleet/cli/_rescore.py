@@ -19,7 +19,13 @@ __all__ = ["rescore"]
 
 @click.command()
 @click.argument("objective", required=False)
-@click.option("--study", required=True, help="The study whose best trial to re-evaluate.")
+@click.option(
+    "--study",
+    "--study-name",
+    "study",
+    required=True,
+    help="The study whose best trial to re-evaluate.",
+)
 @click.option(
     "--storage",
     metavar="URL",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -15,7 +14,9 @@ from rich.markup import escape
 
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
+from tunefleet.cli._options import emit, output_option
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
+from tunefleet.constants import ExitCode
 from tunefleet.errors import ConfigError, TunefleetError
 from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
@@ -23,8 +24,6 @@ from tunefleet.objectives._base import cpu_count
 from tunefleet.objectives._common import THREADS_ENV
 from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
 from tunefleet.study import FleetStudy, default_study_name, open_study, resolve_directions
-from tunefleet.summary import summarize
-from tunefleet.worker import EXIT_DONE
 
 __all__ = ["build_spec", "run", "study_options", "worker"]
 
@@ -49,7 +48,7 @@ def study_options(func: F) -> F:
     """The options ``run`` and ``worker`` share: everything that defines the study."""
     options = [
         click.argument("objective", required=False),
-        click.option("--study", help="Study name (default: from the objective)."),
+        click.option("--study", "--study-name", "study", help="Study name [from the objective]."),
         click.option(
             "--storage",
             metavar="URL",
@@ -90,7 +89,6 @@ def study_options(func: F) -> F:
             metavar="KEY=VALUE",
             help="Setting passed to the objective (repeatable).",
         ),
-        click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON."),
         click.option(
             "--heartbeat-interval",
             type=float,
@@ -121,6 +119,7 @@ def study_options(func: F) -> F:
             help="How long to wait for an unreachable database [60].",
         ),
     ]
+    func = output_option("table", "json", "yaml")(func)
     for option in reversed(options):
         func = option(func)
     return func
@@ -169,14 +168,22 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
     help="Restarts of crashed workers, in all, before giving up [3 x workers].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show every worker's per-trial log lines.")
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    metavar="SECONDS",
+    help="Without a terminal: a progress line every SECONDS, not a live bar (0: none) [10].",
+)
 @LOG_FORMAT_OPTION
 def run(
     objective: str | None,
     config_path: str | None,
     objective_args: tuple[str, ...],
     directions: tuple[str, ...],
-    as_json: bool,
+    output: str,
     verbose: bool,
+    progress_interval: float,
     log_format: str,
     **flags: Any,
 ) -> int:
@@ -188,34 +195,41 @@ def run(
         tunefleet run sklearn-iris --n-trials 100 --workers 3
     """
     from tunefleet.display import FleetProgress, render_summary
+    from tunefleet.storage.read import StudyRef
+    from tunefleet.summary import read_status
 
     setup_logging(logging.INFO if verbose else logging.WARNING, log_format)
     spec = build_spec(objective, config_path, objective_args, directions, **flags)
     spec, objective_obj, storage = _prepare(spec)
     fleet_study = open_study(storage, spec, objective_obj)
+    ref = StudyRef(fleet_study.study_id, fleet_study.name, tuple(spec.directions))
     console = Console(stderr=True)
-    out = Console()
+    out = Console(soft_wrap=True)
     started = time.monotonic()
     n_workers = spec.workers or cpu_count()
 
     def done(code: int, restarts: int = 0) -> int:
-        summary = summarize(fleet_study, wall_s=time.monotonic() - started)
-        summary.restarts = restarts
-        if as_json:
-            out.print_json(json.dumps(summary.to_json()))
+        status = read_status(storage, ref)
+        wall_s = time.monotonic() - started
+        if output == "table":
+            render_summary(out, status, wall_s, restarts)
         else:
-            render_summary(out, summary)
+            run_info = {"wall_s": round(wall_s, 3), "restarts": restarts, "workers": n_workers}
+            emit(status.to_json() | {"run": run_info}, output)
         return code
 
     if fleet_study.budget.done:
-        console.print(f"study {spec.study} is already done: nothing to run")
+        console.print(_already_done(spec, fleet_study), highlight=False, soft_wrap=True)
         return done(0)
 
     def show(index: int, line: str) -> None:
         if log_format == "json":  # already one JSON object per line, naming its worker
             click.echo(redact(line), err=True)
             return
-        console.print(f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False)
+        # soft_wrap: a worker's log record stays one line, whatever the width.
+        console.print(
+            f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False, soft_wrap=True
+        )
 
     env = {"TUNEFLEET_STORAGE": storage.env_url}
     if THREADS_ENV not in os.environ:  # each worker's threads: its share of the CPUs
@@ -226,20 +240,26 @@ def run(
         env=env,
         on_output=show,
     )
-    console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")
+    workers = "worker" if n_workers == 1 else "workers"
+    console.print(
+        f"study {spec.study}: {n_workers} {workers} on {storage.display_url}",
+        highlight=False,
+        soft_wrap=True,
+    )
     max_restarts = spec.max_restarts if spec.max_restarts is not None else 3 * n_workers
     given_up: set[int] = set()
-    with FleetProgress(console, fleet_study.name, spec.n_trials) as progress:
+    progress = FleetProgress(console, fleet_study.name, progress_interval)
+    with progress:
         fleet.start()
         try:
             while fleet.running() or _restart_crashed(
                 fleet, fleet_study, max_restarts, given_up, console
             ):
-                progress.update(summarize(fleet_study))
-                time.sleep(0.5)
+                progress.update(read_status(storage, ref))
+                time.sleep(1.0)
                 _restart_crashed(fleet, fleet_study, max_restarts, given_up, console)
-            progress.update(summarize(fleet_study))
         except KeyboardInterrupt:
+            progress.stop()  # the summary follows on a clean screen
             console.print("stopping workers (their running trials are handed back)...")
             fleet.stop()
             done(130, fleet.restarts)
@@ -257,6 +277,23 @@ def run(
     return code
 
 
+def _already_done(spec: StudySpec, fleet_study: FleetStudy) -> str:
+    """Why nothing runs; a new --timeout on a study whose deadline passed is explained."""
+    budget = fleet_study.budget
+    if budget.deadline_passed and spec.timeout is not None:
+        return (
+            f"study {spec.study} is already done: its deadline passed (--timeout is fixed when "
+            f"a study is created, so --timeout {spec.timeout:g} does not extend it): "
+            "pick another --study to run again"
+        )
+    if budget.deadline_passed:
+        return f"study {spec.study} is already done: its deadline passed; nothing to run"
+    return (
+        f"study {spec.study} is already done: {budget.n_counted} of {budget.n_trials} trials "
+        "counted; nothing to run (a larger --n-trials runs more)"
+    )
+
+
 def _restart_crashed(
     fleet: LocalFleet,
     fleet_study: FleetStudy,
@@ -268,7 +305,7 @@ def _restart_crashed(
     at most ``max_restarts`` times in all (like its backoffLimit). Returns whether any was."""
     restarted = False
     for index, code in enumerate(fleet.exit_codes()):
-        if code is None or code == EXIT_DONE or index in given_up:
+        if code is None or code == ExitCode.OK or index in given_up:
             continue
         if (
             code == TunefleetError.exit_code
@@ -309,7 +346,7 @@ def worker(
     config_path: str | None,
     objective_args: tuple[str, ...],
     directions: tuple[str, ...],
-    as_json: bool,
+    output: str,
     log_level: str,
     log_format: str,
     **flags: Any,
@@ -330,8 +367,17 @@ def worker(
     one = Worker(storage, spec, objective_obj)
     set_log_context(worker=one.worker_id)
     result = one.run()
-    if as_json:
-        fleet_study = open_study(storage, spec.merged(n_trials=None, timeout=None), objective_obj)
-        summary = summarize(fleet_study, wall_s=time.monotonic() - started)
-        Console().print_json(json.dumps(summary.to_json()))
+    if output != "table":
+        # Read, never re-open: opening the study would write this worker's --n-trials back as
+        # the budget, shrinking one that another worker extended meanwhile.
+        from tunefleet.summary import read_status, resolve_study
+
+        status = read_status(storage, resolve_study(storage, spec.study))
+        info = {
+            "worker_id": one.worker_id,
+            "n_trials": result.n_trials,
+            "reason": result.reason,
+            "wall_s": round(time.monotonic() - started, 3),
+        }
+        emit(status.to_json() | {"worker": info}, output)
     return result.exit_code
