@@ -205,9 +205,9 @@ def render_best(best: Sequence[TrialRow], directions: Sequence[str]) -> Renderab
         table.add_column("value")
         for name, value in trial.params.items():
             table.add_row(escape(name), _cell(value))
+        value = _num(trial.values[0] if trial.values else None)
         head = Text.from_markup(
-            f"best value ({directions[0]}): [bold]{_num(trial.values[0] if trial.values else None)}[/] "
-            f"(trial {trial.number})"
+            f"best value ({directions[0]}): [bold]{value}[/] (trial {trial.number})"
         )
         return Group(head, table)
     table = Table(
