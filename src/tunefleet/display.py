@@ -25,6 +25,8 @@ __all__ = ["FleetProgress", "plain_line", "progress_line", "render_summary"]
 
 #: Seconds between plain progress lines when there is no terminal.
 PLAIN_INTERVAL_S = 10.0
+#: At most this much of a study's name appears in the live line.
+NAME_SHOWN = 24
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
@@ -71,23 +73,24 @@ def progress_line(status: StudyStatus, elapsed: float, width: int, frame: int = 
         f"{status.rate_per_min:.1f}/min",
         f"pruned {s['PRUNED']}",
     ]
-    name = status.study
-    for keep in range(len(extras), -1, -1):
-        for with_bar in (True, False):
-            fixed = f"{spinner} {{name}} {count} " + "".join(f"· {e} " for e in extras[:keep])
-            fixed += f"· {clock}"
-            room = width - len(fixed.format(name=""))
-            bar_w = 0
-            if with_bar:
-                bar_w = min(30, room - len(name) - 1)
-                if bar_w < 10:
-                    continue
-            shown = name
-            if not with_bar and len(name) > room:
-                if keep:  # shorten the name only once the extras are gone
-                    continue
-                shown = name[: max(1, room - 1)] + "…" if room > 1 else ""
-            return _styled(spinner, shown, bar_w, status, count, extras[:keep], clock)
+    # The name was printed in full when the run started; here it yields to the figures.
+    name = status.study if len(status.study) <= NAME_SHOWN else status.study[: NAME_SHOWN - 1] + "…"
+    # First keep a bar (at least 10 wide) while dropping extras down to running and failed;
+    # then drop the bar and the rest; then shorten the name. Count and elapsed always stay.
+    attempts = [(keep, True) for keep in range(len(extras), 1, -1)]
+    attempts += [(keep, False) for keep in range(len(extras), -1, -1)]
+    for keep, with_bar in attempts:
+        fixed = f"{spinner}  {count} " + "".join(f"· {e} " for e in extras[:keep]) + f"· {clock}"
+        room = width - len(fixed)
+        if with_bar:
+            bar_w = min(30, room - len(name) - 1)
+            if bar_w >= 10:
+                return _styled(spinner, name, bar_w, status, count, extras[:keep], clock)
+        elif len(name) <= room:
+            return _styled(spinner, name, 0, status, count, extras[:keep], clock)
+    room = width - len(f"{spinner}  {count} · {clock}")
+    if room >= 2:
+        return _styled(spinner, name[: room - 1] + "…", 0, status, count, [], clock)
     return Text(f"{count} {clock}")
 
 

@@ -357,8 +357,10 @@ def status(
     from rich.live import Live
 
     from tunefleet import kubernetes as k8s_api
+    from tunefleet.cli._monitor import quiet_retries
     from tunefleet.kubernetes import _fleet as fleet
 
+    quiet_retries()
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
     job = fleet.find_job(cluster, study)
     urls = fleet.progress_urls(cluster, job, env_file)

@@ -7,6 +7,7 @@ when the storage holds a single study.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import time
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 __all__ = ["best", "dashboard", "report", "status", "studies", "trials"]
 
 
+def quiet_retries() -> None:
+    """A reader says nothing while it retries: it succeeds, or fails with one line (exit 3)."""
+    logging.getLogger("tunefleet.storage").setLevel(logging.ERROR)
+
+
 @contextmanager
 def _opened(storage_flag: str | None, db_wait: float) -> Iterator[FleetStorage]:
     """The storage, open for reading through its read API (which retries for up to
@@ -44,6 +50,7 @@ def _opened(storage_flag: str | None, db_wait: float) -> Iterator[FleetStorage]:
     from tunefleet.storage import resolve_storage_url
     from tunefleet.storage.read import open_reader
 
+    quiet_retries()
     fs = open_reader(resolve_storage_url(storage_flag), db_wait)
     try:
         yield fs
