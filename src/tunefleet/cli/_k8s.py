@@ -330,9 +330,7 @@ def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -
     help="A .env with a storage URL reachable from here [the pods' Secret, then the environment].",
 )
 @click.option("--watch", is_flag=True, help="Refresh until the Job has finished.")
-@click.option(
-    "--interval", type=float, default=5.0, show_default=True, help="Seconds between refreshes."
-)
+@click.option("--interval", type=float, default=5.0, help="Seconds between refreshes [5].")
 @output_option("table", "json", "yaml")
 @db_wait_option()
 def status(

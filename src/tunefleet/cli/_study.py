@@ -32,9 +32,8 @@ LOG_FORMAT_OPTION = click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
-    show_default=True,
     envvar="TUNEFLEET_LOG_FORMAT",
-    help="Worker log lines as plain text or JSON lines (for log collectors).",
+    help="Worker log lines as plain text or JSON lines (for log collectors) [text].",
 )
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -337,8 +336,7 @@ def _restart_crashed(
     "--log-level",
     type=click.Choice(list(LOG_LEVELS)),
     default="info",
-    show_default=True,
-    help="Worker log verbosity.",
+    help="Worker log verbosity [info].",
 )
 @LOG_FORMAT_OPTION
 def worker(
