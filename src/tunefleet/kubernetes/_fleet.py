@@ -362,10 +362,8 @@ def study_progress(url: str, study: str, db_wait: float = DEFAULT_READ_WAIT_S) -
         TunefleetError: the study is not in the database yet.
     """
     parsed = parse_storage_url(url)
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        parsed = parsed.update_query_dict({"connect_timeout": "5"})
     try:
-        storage = open_reader(parsed.render_as_string(hide_password=False), db_wait=db_wait)
+        storage = open_reader(url, db_wait=db_wait)
     except NoStudiesError:
         raise TunefleetError(
             f"study '{study}' is not in {display_url(parsed)} yet: the first worker creates it"
