@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -74,9 +75,9 @@ def test_every_command_prints_the_same_snapshot(
     assert {"schema", "study", "n_trials", "states", "budget", "best", "workers"} <= shared
     assert set(snapshots["run"]) - shared == {"run"}
     assert set(snapshots["worker"]) - shared == {"worker"}
-    reference = {k: _stable(snapshots["status"][k]) for k in shared}
+    reference = _stable({k: snapshots["status"][k] for k in shared})
     for command, snapshot in snapshots.items():
-        assert {k: _stable(snapshot[k]) for k in shared} == reference, command
+        assert _stable({k: snapshot[k] for k in shared}) == reference, command
 
     # And they say what the database says.
     s = snapshots["status"]
@@ -90,27 +91,40 @@ def test_every_command_prints_the_same_snapshot(
     assert snapshots["worker"]["worker"]["n_trials"] == 0  # joined a study already done
 
 
-def test_a_worker_never_writes_its_budget_back_on_exit(sqlite_url: str) -> None:
+def test_a_worker_never_writes_its_budget_back_on_exit(sqlite_url: str, tmp_path: Path) -> None:
     """A worker started with --n-trials 2 while another extends the budget to 4 ends with the
     study's budget at 4: its --json reads the study, and writes nothing."""
-    env = {**clean_env(), "SLEEP_S": "5"}  # its two trials outlast the other worker's start
-    slow = f"{DATA / 'objectives.py'}:sleepy"
+    go = tmp_path / "go"
+    env = {**clean_env(), "GO_FILE": str(go)}
+    held = f"{DATA / 'objectives.py'}:waits_for_file"
     common = ["--study", "grow", "--storage", sqlite_url]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "tunefleet", "worker", slow, *common, "--n-trials", "2", "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+
+    def worker(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tunefleet", "worker", held, *common, *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def budget() -> int | None:
+        result = tunefleet("status", *common, "--json")
+        return json.loads(result.stdout)["budget"]["n_trials"] if result.returncode == 0 else None
+
+    first = worker("--n-trials", "2", "--json")
+    second: subprocess.Popen[str] | None = None
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until the study exists
-            if "grow" in tunefleet("studies", "--storage", sqlite_url, "-o", "csv").stdout:
-                break
+        while budget() != 2 and time.monotonic() < deadline:  # the first worker made the study
             time.sleep(0.5)
-        extend = tunefleet("worker", slow, *common, "--n-trials", "4", env={"SLEEP_S": "0.5"})
-        assert extend.returncode == 0, extend.stderr
+        second = worker("--n-trials", "4")
+        while budget() != 4 and time.monotonic() < deadline:  # the second one extended it
+            time.sleep(0.5)
+        go.touch()  # both run to the end
         out, err = first.communicate(timeout=120)
+        assert second.wait(timeout=120) == 0
     finally:
-        first.kill()
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
     assert first.returncode == 0, err
     assert json.loads(out)["budget"]["n_trials"] == 4
     after = json.loads(tunefleet("status", *common, "--json").stdout)

@@ -128,3 +128,14 @@ def leaks_the_url(trial: optuna.Trial) -> float:
     """Fails with the storage URL, password and all, in its message."""
     trial.suggest_float("x", 0, 1)
     raise ConnectionError(f"could not use {os.environ['TUNEFLEET_STORAGE']}")
+
+
+def waits_for_file(trial: optuna.Trial) -> float:
+    """Waits until the file $GO_FILE exists (at most 120 s): a test holds workers mid-trial."""
+    import time
+
+    x = trial.suggest_float("x", 0, 1)
+    deadline = time.monotonic() + 120
+    while not Path(os.environ["GO_FILE"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return x
