@@ -207,3 +207,16 @@ def test_help_is_quick_and_loads_no_optuna() -> None:
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         assert result.returncode == 0 and "status" in result.stdout
     assert min(cpu) < 0.6, cpu
+
+
+def test_readers_reach_the_store_only_through_the_read_api() -> None:
+    """monitor, kubernetes and the progress model use tunefleet.storage.read: no engine of their
+    own, no private storage module, nothing from the worker."""
+    src = Path(__file__).resolve().parent.parent / "src" / "tunefleet"
+    readers = [*(src / "monitor").glob("*.py"), *(src / "kubernetes").glob("*.py")]
+    readers += [src / "summary.py", src / "cli" / "_monitor.py"]
+    for path in readers:
+        text = path.read_text()
+        assert ".engine." not in text and ".engine)" not in text, path
+        assert not re.search(r"from tunefleet\.storage\._|import tunefleet\.storage\._", text), path
+        assert "from tunefleet.worker" not in text, path

@@ -88,7 +88,11 @@ def emit(data: Any, output: str) -> None:
     if output == "yaml":
         import yaml
 
-        click.echo(yaml.safe_dump(_plain(data), sort_keys=False, allow_unicode=True), nl=False)
+        # "---" starts each document, so --watch's stream of snapshots is valid YAML.
+        text = yaml.safe_dump(
+            _plain(data), sort_keys=False, allow_unicode=True, explicit_start=True
+        )
+        click.echo(text, nl=False)
     else:
         click.echo(json.dumps(data, default=str))
 
