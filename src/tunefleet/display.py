@@ -118,7 +118,8 @@ def _styled(
     text.append(count, style="bold")
     for extra in extras:
         text.append(" · ", style="dim")
-        text.append(extra, style="red" if extra.startswith("failed") and extra[-1] != "0" else "")
+        failed = extra.startswith("failed") and status.states["FAIL"] > 0
+        text.append(extra, style="red" if failed else "")
     text.append(" · ", style="dim")
     text.append(clock, style="yellow")
     return text
