@@ -321,7 +321,11 @@ def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -
 
 @k8s.command()
 @click.option(
-    "--study", "--study-name", "study", help="Study name [the only fleet in the namespace]."
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    help="Study name [the only fleet in the namespace].",
 )
 @_cluster_options
 @click.option(
@@ -489,7 +493,11 @@ def _duration(seconds: float) -> str:
 
 @k8s.command()
 @click.option(
-    "--study", "--study-name", "study", help="Study name [the only fleet in the namespace]."
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    help="Study name [the only fleet in the namespace].",
 )
 @_cluster_options
 @click.option("-f", "--follow", is_flag=True, help="Stream until the Job has finished.")
@@ -531,7 +539,11 @@ def logs(
 
 @k8s.command()
 @click.option(
-    "--study", "--study-name", "study", help="Study name [the only fleet in the namespace]."
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    help="Study name [the only fleet in the namespace].",
 )
 @_cluster_options
 @click.option("--with-secret", is_flag=True, help="Delete the storage Secret too.")

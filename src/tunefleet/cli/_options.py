@@ -36,6 +36,7 @@ def study_option(func: F) -> F:
         "--study",
         "--study-name",
         "study",
+        metavar="NAME",
         help="Study name (may be left out when the storage holds only one).",
     )(func)
 
@@ -76,7 +77,7 @@ def output_option(
             "output",
             type=click.Choice(formats),
             default=default,
-            help=f"Output format: {', '.join(formats)} [{default}].",
+            help=f"Output format [{default}].",
         )(wrapped)
         return wrapped  # type: ignore[return-value]
 

@@ -47,7 +47,13 @@ def study_options(func: F) -> F:
     """The options ``run`` and ``worker`` share: everything that defines the study."""
     options = [
         click.argument("objective", required=False),
-        click.option("--study", "--study-name", "study", help="Study name [from the objective]."),
+        click.option(
+            "--study",
+            "--study-name",
+            "study",
+            metavar="NAME",
+            help="Study name [from the objective].",
+        ),
         click.option(
             "--storage",
             metavar="URL",
