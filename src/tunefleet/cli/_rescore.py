@@ -23,6 +23,7 @@ __all__ = ["rescore"]
     "--study",
     "--study-name",
     "study",
+    metavar="NAME",
     required=True,
     help="The study whose best trial to re-evaluate.",
 )
