@@ -8,14 +8,13 @@ to render here instead of quietly fetching it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import require
 
 __all__ = ["ARTIFACTS", "PROBE", "chromium_or_skip", "render_probe", "screenshot"]
 
@@ -70,10 +69,8 @@ def chromium_or_skip() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path:
         return path
-    message = f"chromium is not installed: {APT_INSTALL}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    require(False, f"chromium is not installed: {APT_INSTALL}")
+    raise AssertionError("unreachable")
 
 
 def _run(chromium: str, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

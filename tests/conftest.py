@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -78,12 +79,36 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
             )
 
 
+#: Reasons given to :func:`require`: their skips are reported at one place (see below).
+_REQUIRED: set[str] = set()
+
+
 def require(condition: bool, message: str) -> None:
     """Skip when ``condition`` is false — but fail under CI, where nothing may be skipped."""
     if not condition:
         if os.environ.get("CI"):
             pytest.fail(message)
+        _REQUIRED.add(message)
         pytest.skip(message)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """A skip for a missing tool is reported at :func:`require`, not at each test's own line:
+    ``-ra`` then shows one line per missing tool (``SKIPPED [62] tests/conftest.py: pgbouncer
+    not installed: ...``), not one per test pointing into Optuna's installed test suite."""
+    outcome = yield
+    report = outcome.get_result()
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = str(longrepr[2]).removeprefix("Skipped: ")
+        if reason in _REQUIRED:
+            report.longrepr = (__file__, _REQUIRE_LINE, reason)
+
+
+_REQUIRE_LINE = require.__code__.co_firstlineno
 
 
 @pytest.fixture(scope="session")

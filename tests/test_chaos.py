@@ -136,8 +136,8 @@ def test_chaos_on_postgres(chaos_server: ThrowawayPostgres, tmp_path: Path, engi
     assert fleet.returncode == 0, err
     assert counts["kill -9"] >= 2 and counts["SIGTERM"] >= 2 and counts["database restarts"] == 1
     summary = json.loads(out)
-    assert summary["n_trials"] == n_trials
-    assert summary["restarts"] >= counts["kill -9"]
+    assert summary["budget"]["counted"] == n_trials
+    assert summary["run"]["restarts"] >= counts["kill -9"]
     assert_exact_and_clean(url, "chaos", n_trials)
     assert_every_result_accounted_for(url, "chaos", record)
 
@@ -174,6 +174,6 @@ def test_chaos_on_the_embedded_store(tmp_path: Path) -> None:
     print("chaos:", counts)
     assert fleet.returncode == 0, err
     assert counts["kill -9"] >= 2 and counts["SIGTERM"] >= 2
-    assert json.loads(out)["n_trials"] == n_trials
+    assert json.loads(out)["budget"]["counted"] == n_trials
     assert_exact_and_clean(url, "chaos", n_trials)
     assert_every_result_accounted_for(url, "chaos", record)

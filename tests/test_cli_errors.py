@@ -3,14 +3,13 @@ no traceback (unless --debug), and never the password."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import DATA, tunefleet
+from .conftest import DATA, require, tunefleet
 from .pgserver import ThrowawayPostgres, find_pg_bin
 
 OBJ = str(DATA / "objectives.py")
@@ -20,10 +19,10 @@ PASSWORD = "Sup3r-Secret-pw"
 @pytest.fixture(scope="module")
 def password_server() -> Iterator[ThrowawayPostgres]:
     """A server that checks passwords: the shared one trusts every loopback connection."""
-    if find_pg_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("initdb/pg_ctl not found: CI must have the PostgreSQL server binaries")
-        pytest.skip("initdb/pg_ctl not found")
+    require(
+        find_pg_bin() is not None,
+        "initdb/pg_ctl not found: apt-get install postgresql (the server binaries)",
+    )
     server = ThrowawayPostgres(password=PASSWORD).start()
     yield server
     server.close()

@@ -74,7 +74,7 @@ def test_killed_connections_are_reconnected(pg_url: str, pg_admin_url: str, tmp_
     out, err = fleet.communicate(timeout=180)
     assert fleet.returncode == 0, err
     assert kills >= 5, "the test should have killed connections while the fleet ran"
-    assert json.loads(out)["n_trials"] == 40
+    assert json.loads(out)["budget"]["counted"] == 40
     assert_exact_and_clean(pg_url, "cut", 40)
     assert_results_written_once(pg_url, "cut", record)
 
@@ -117,7 +117,7 @@ def test_postgres_restart_mid_study(restartable_server: ThrowawayPostgres, tmp_p
     assert fleet.returncode == 0, err
     assert "unavailable" in err and "is back" in err
     assert during >= 6
-    assert json.loads(out)["n_trials"] == 30
+    assert json.loads(out)["budget"]["counted"] == 30
     assert_exact_and_clean(url, "restart", 30)
     assert_results_written_once(url, "restart", record)
 
@@ -146,7 +146,7 @@ def test_tls_parameters_are_honoured(tls_server: ThrowawayPostgres) -> None:
         "run", f"{OBJ}:quadratic", "--storage", url, "--n-trials", "3", "--workers", "1", "--json"
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["n_trials"] == 3
+    assert json.loads(result.stdout)["budget"]["counted"] == 3
 
 
 def test_tls_failure_is_one_clear_line(tls_server: ThrowawayPostgres, tmp_path: Path) -> None:

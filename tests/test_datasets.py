@@ -149,7 +149,7 @@ def test_fetch_with_a_wrong_checksum_leaves_nothing_behind(tmp_path: Path) -> No
     assert "could not fetch a.gz" in message
     assert f"checksum {hashlib.md5(b'tampered').hexdigest()}, expected {'0' * 32}" in message
     assert "No such file" in message  # the first mirror's reason is kept too
-    assert list((tmp_path / "data" / "tiny").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # the directories it made are gone again
 
 
 def test_cli_fetch_rejects_files_that_are_not_the_published_ones(tmp_path: Path) -> None:
@@ -158,11 +158,22 @@ def test_cli_fetch_rejects_files_that_are_not_the_published_ones(tmp_path: Path)
     result = tunefleet(
         "data", "fetch", "mnist", "--dir", str(tmp_path / "data"), "--mirror", mirror.as_uri()
     )
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 3, result.stderr  # a download problem, not bad input
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: could not fetch train-images")
     assert "expected f68b3c2dcbeaaa9fbdd348bbdeb94873" in lines[0]
-    assert list((tmp_path / "data" / "mnist").iterdir()) == []
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_fetch_offline_leaves_nothing_and_exits_with_the_network_code(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()  # the user's --dir exists and stays; what fetch made goes
+    result = tunefleet(
+        "data", "fetch", "mnist", "--dir", str(tmp_path / "data"),
+        "--mirror", "http://127.0.0.1:1/",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.count("\n") == 1 and "check the network" in result.stderr
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_cli_check_reports_present_and_missing(tmp_path: Path) -> None:

@@ -206,9 +206,9 @@ def test_local_fleet_restarts_a_killed_worker(pg_url: str, tmp_path: Path) -> No
     out, err = fleet.communicate(timeout=180)
     assert fleet.returncode == 0, err
     summary = json.loads(out)
-    assert summary["restarts"] == 1
-    assert summary["lost"] == 1
-    assert summary["n_trials"] == 16
+    assert summary["run"]["restarts"] == 1
+    assert summary["requeued"] == 1
+    assert summary["budget"]["counted"] == 16
     assert "killed by SIGKILL; restarted" in err
     assert_exact_and_clean(pg_url, "restart", 16)
 
@@ -274,7 +274,7 @@ def test_retry_failed_reruns_with_the_same_params(storage_url: str, tmp_path: Pa
         first = by_number[t.system_attrs["tunefleet:retry_of"]]
         assert first.params == t.params
         assert first.system_attrs["fail_reason"].startswith("RuntimeError: first attempt")
-    assert json.loads(result.stdout)["n_trials"] == 4
+    assert json.loads(result.stdout)["budget"]["counted"] == 4
 
 
 def test_retries_are_bounded(sqlite_url: str) -> None:
@@ -294,7 +294,7 @@ def test_retries_are_bounded(sqlite_url: str) -> None:
     assert result.returncode == 0, result.stderr
     all_trials = trials(sqlite_url, "always_fails")
     assert len(all_trials) == 6  # each of 2 parameter sets tried 1 + 2 times
-    assert json.loads(result.stdout)["n_trials"] == 2
+    assert json.loads(result.stdout)["budget"]["counted"] == 2
     attempts = sorted(t.system_attrs.get("tunefleet:attempt", 1) for t in all_trials)
     assert attempts == [1, 1, 2, 2, 3, 3]
 

@@ -45,7 +45,7 @@ def test_exact_global_budget_on_postgres(pg_url: str, workers: int, n_trials: in
         "--sampler",
         "random",
     )
-    assert summary["n_trials"] == n_trials
+    assert summary["budget"]["counted"] == n_trials
     study = load(pg_url, "exact")
     assert len(study.trials) == n_trials
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
@@ -86,12 +86,12 @@ def test_json_summary_has_the_documented_keys(sqlite_url: str) -> None:
         "--study",
         "keys",
     )
-    assert {"study", "n_trials", "states", "best_value", "best_params", "wall_s"} <= set(summary)
+    assert {"schema", "study", "n_trials", "states", "budget", "best", "run"} <= set(summary)
     assert summary["study"] == "keys"
     assert summary["states"]["COMPLETE"] == 6  # type: ignore[index]
     study = load(sqlite_url, "keys")
-    assert summary["best_value"] == study.best_value
-    assert summary["best_params"] == study.best_params
+    assert summary["best"]["values"] == [study.best_value]
+    assert summary["best"]["params"] == study.best_params
 
 
 def test_budget_is_shared_by_separate_worker_commands(storage_url: str) -> None:
@@ -184,7 +184,7 @@ def test_bad_return_values_fail_the_trial_with_the_reason(
         function,
     )
     assert summary["states"]["FAIL"] == 3  # type: ignore[index]
-    assert summary["best_value"] is None
+    assert summary["best"] is None
     trials = load(sqlite_url, function).trials
     assert [t.system_attrs["fail_reason"] for t in trials] == [reason] * 3
 
@@ -201,7 +201,7 @@ def test_objective_exceptions_fail_trials_and_the_fleet_goes_on(pg_url: str) -> 
         "--study",
         "odd",
     )
-    assert summary["n_trials"] == 10
+    assert summary["budget"]["counted"] == 10
     trials = load(pg_url, "odd").trials
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 5
@@ -221,7 +221,7 @@ def test_pruned_trials_count_against_the_budget(sqlite_url: str) -> None:
         "pruned",
     )
     assert summary["states"]["PRUNED"] == 4  # type: ignore[index]
-    assert summary["n_trials"] == 4
+    assert summary["budget"]["counted"] == 4
 
 
 def test_multi_objective_study(sqlite_url: str) -> None:
@@ -243,7 +243,7 @@ def test_multi_objective_study(sqlite_url: str) -> None:
     assert summary["states"]["COMPLETE"] == 8  # type: ignore[index]
     study = load(sqlite_url, "mo")
     assert len(study.directions) == 2
-    assert {t["number"] for t in summary["best_trials"]} == {  # type: ignore[attr-defined]
+    assert {t["number"] for t in summary["pareto_front"]} == {  # type: ignore[attr-defined]
         t.number for t in study.best_trials
     }
 
@@ -254,7 +254,7 @@ def test_builtin_direction_and_default_study_name(tmp_path: Path) -> None:
     )
     assert summary["study"] == "sklearn-iris"
     assert summary["directions"] == ["maximize"]
-    assert 0.0 <= summary["best_value"] <= 1.0  # type: ignore[operator]
+    assert 0.0 <= summary["best"]["values"][0] <= 1.0  # type: ignore[operator]
 
 
 def test_config_file_with_flag_override(tmp_path: Path, sqlite_url: str) -> None:
@@ -265,7 +265,7 @@ def test_config_file_with_flag_override(tmp_path: Path, sqlite_url: str) -> None
     summary = run_json(
         "--config", str(tmp_path / "study.toml"), "--n-trials", "5", "--storage", sqlite_url
     )
-    assert summary["n_trials"] == 5
+    assert summary["budget"]["counted"] == 5
     values = [t.value for t in load(sqlite_url, "cfg").trials]
     assert all(v is not None and 100 <= v <= 102 for v in values)
 

@@ -252,7 +252,7 @@ def test_status_shows_pods_and_the_study_side_by_side(
     # The progress came from the database named in the pods' Secret.
     assert ("get", "Secret", "tunefleet-iris-storage", None) in cluster.requests
     assert status["study"]["n_trials"] == 4 and status["study"]["states"]["COMPLETE"] == 4
-    assert status["study"]["budget"] == 4 and status["study"]["done"] is True
+    assert status["study"]["budget"]["n_trials"] == 4 and status["study"]["done"] is True
     assert status["note"] is None
 
     code, out, err = run_cli(capsys, "k8s", "status", "--study", "iris")
@@ -292,7 +292,7 @@ def test_status_falls_back_to_this_machines_url_when_the_pods_url_is_out_of_reac
     code, out, _ = run_cli(capsys, "k8s", "status", "--json")
     assert code == 0
     status = json.loads(out)
-    assert status["study"]["budget"] == 5 and status["study"]["n_trials"] == 0
+    assert status["study"]["budget"]["n_trials"] == 5 and status["study"]["n_trials"] == 0
     assert status["note"] is None
 
 

@@ -57,7 +57,7 @@ def test_empty_study(storage_url: str, tmp_path: Path) -> None:
     assert status["budget"] == {"n_trials": 20, "counted": 0, "in_flight": 0, "left": 20}
     assert status["done"] is False and status["eta_s"] is None and status["rate_per_min"] == 0
     assert "no trial completed yet" in cli(storage_url, "status")
-    assert json.loads(cli(storage_url, "best", "--json"))["best_trial"] is None
+    assert json.loads(cli(storage_url, "best", "--json"))["best"] is None
     assert "no trial completed yet" in cli(storage_url, "best")
     assert json.loads(cli(storage_url, "trials", "--format", "json")) == []
     assert cli(storage_url, "trials", "--format", "csv").startswith("number,state,value,")
@@ -106,9 +106,9 @@ def test_multi_objective_study_shows_the_pareto_front(pg_url: str, tmp_path: Pat
 
     best = json.loads(cli(pg_url, "best", "--json"))
     assert best["directions"] == ["minimize", "minimize"]
-    assert [t["number"] for t in best["best_trials"]] == front
+    assert [t["number"] for t in best["pareto_front"]] == front
     by_number = {t.number: t for t in study.trials}
-    for row in best["best_trials"]:
+    for row in best["pareto_front"]:
         assert row["values"] == by_number[row["number"]].values
         assert row["params"] == by_number[row["number"]].params
     assert f"Pareto front: {len(front)} trials" in cli(pg_url, "best")
@@ -130,10 +130,14 @@ def test_study_made_by_stock_optuna(sqlite_url: str) -> None:
     status = json.loads(cli(sqlite_url, "status", "--json"))
     assert status["states"]["COMPLETE"] == 5
     assert status["budget"] == {"n_trials": None, "counted": 5, "in_flight": 0, "left": None}
-    assert status["best"]["value"] == study.best_value
+    assert status["best"]["values"] == [study.best_value]
     assert status["workers"] == [] and status["rate_per_min"] > 0
     (row,) = json.loads(cli(sqlite_url, "studies", "--json"))
-    assert row["study"] == "plain" and row["budget"] is None and row["counted"] == 5
+    assert (
+        row["study"] == "plain"
+        and row["budget"]["n_trials"] is None
+        and row["budget"]["counted"] == 5
+    )
 
 
 def test_ten_thousand_trials(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +149,7 @@ def test_ten_thousand_trials(pg_url: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert {k: v for k, v in status["states"].items() if v} == bulk.states
-    assert status["best"]["value"] == pytest.approx(bulk.best_value)
+    assert status["best"]["values"][0] == pytest.approx(bulk.best_value)
     assert {w["worker_id"]: w["n_trials"] for w in status["workers"]} == bulk.per_worker
 
     out = tmp_path / "big.html"

@@ -31,7 +31,12 @@ def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-def test_dashboard_serves_the_studies_of_the_storage(pg_url: str) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_dashboard_serves_the_studies_of_the_storage(pg_url: str, stop: signal.Signals) -> None:
     sa_url = pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
     study = optuna.create_study(study_name="watched", storage=sa_url)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
@@ -42,6 +47,7 @@ def test_dashboard_serves_the_studies_of_the_storage(pg_url: str) -> None:
          "--storage", pg_url],
         env={**clean_env(), "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ignore_sigint,  # stopping must not depend on the inherited SIGINT handler
     )  # fmt: skip
     try:
         line = _first_line(proc, timeout=60)
@@ -66,13 +72,14 @@ def test_dashboard_serves_the_studies_of_the_storage(pg_url: str) -> None:
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.status == 200 and b"<html" in response.read().lower()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
             _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"the dashboard did not stop on SIGINT:\n{err[-5000:]}") from None
+            message = f"the dashboard did not stop on {stop.name}:\n{err[-5000:]}"
+            raise AssertionError(message) from None
     assert code == 0
 
 

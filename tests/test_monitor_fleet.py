@@ -112,7 +112,8 @@ def test_status_json_matches_the_database(fleet: FleetRun) -> None:
     assert status["rate_per_min"] > 0
 
     best = fleet.study.best_trial
-    assert status["best"] == {"number": best.number, "value": best.value, "params": best.params}
+    assert status["best"]["number"] == best.number and status["best"]["params"] == best.params
+    assert status["best"]["values"] == [best.value] and status["best"]["state"] == "COMPLETE"
 
     per_worker = Counter(t.system_attrs["tunefleet:worker"] for t in trials)
     registry = {r["worker_id"]: r for r in _registry(fleet.url)}
@@ -146,17 +147,22 @@ def test_studies_lists_the_study_with_its_progress(fleet: FleetRun) -> None:
     (row,) = json.loads(fleet.cli("studies", "--json"))
     states = Counter(t.state.name for t in fleet.study.trials)
     assert row["study"] == "mixed" and row["directions"] == ["minimize"]
-    assert row["budget"] == N_TRIALS and row["counted"] == N_TRIALS and row["done"] is True
+    assert row["budget"]["n_trials"] == N_TRIALS and row["budget"]["counted"] == N_TRIALS
+    assert row["done"] is True
     assert {k: v for k, v in row["states"].items() if v} == dict(states)
-    assert row["best_value"] == fleet.study.best_value
-    assert row["active_workers"] == 0
+    assert row["best"]["values"] == [fleet.study.best_value]
+    assert row["live_workers"] == 0
     assert "mixed" in fleet.cli("studies")
 
 
 def test_best_is_the_studys_best_trial(fleet: FleetRun) -> None:
     data = json.loads(fleet.cli("best", "--study", "mixed", "--json"))
     best = fleet.study.best_trial
-    assert data["best_trial"] == {"number": best.number, "value": best.value, "params": best.params}
+    assert data["best"]["number"] == best.number and data["best"]["params"] == best.params
+    assert data["best"]["values"] == [best.value]
+    # best and trials print one trial object
+    (same,) = (t for t in json.loads(fleet.cli("trials", "--json")) if t["number"] == best.number)
+    assert data["best"] == same
     out = fleet.cli("best")
     assert f"(trial {best.number})" in out and "kind" in out
 

@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
     found = []
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the CLI loads its commands lazily
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         path = f"{prefix}{name}"
         found.append((path, command))
         if isinstance(command, click.Group):

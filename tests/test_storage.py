@@ -19,8 +19,8 @@ from tunefleet.objectives import load_objective
 from tunefleet.storage import open_storage
 from tunefleet.study import open_study
 
-from .conftest import DATA, tunefleet
-from .pgbouncer import PgBouncer
+from .conftest import DATA, require, tunefleet
+from .pgbouncer import PgBouncer, find_pgbouncer
 
 
 def _open_and_create(url: str, barrier: mp.synchronize.Barrier, queue: mp.Queue[str]) -> None:
@@ -70,6 +70,7 @@ def test_a_fleet_needs_one_server_connection_at_a_time(
     until the pooler gives up. With one server connection the first wait would; stock Optuna's
     own schema check (a session open while it reads the version on another connection) did.
     """
+    require(find_pgbouncer() is not None, "pgbouncer not installed: apt-get install pgbouncer")
     bouncer = PgBouncer(pg_admin_url, pool_size=1, query_wait_timeout=15).start()
     try:
         url = bouncer.url(pg_url.rpartition("/")[2])

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 _TYPE_CODES = {
     "uint8": 0x08,
@@ -57,7 +55,6 @@ def require_module(name: str) -> None:
     """Skip a test whose framework is missing, except in CI, where every extra is installed."""
     if importlib.util.find_spec(name) is not None:
         return
-    message = f"{name} is not installed: pip install -e '.[all]'"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    from tests.conftest import require
+
+    require(False, f"{name} is not installed: pip install -e '.[all]'")

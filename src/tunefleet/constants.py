@@ -22,6 +22,7 @@ __all__ = [
     "LOG_FORMAT_ENV",
     "LOSSES_ATTR",
     "LOST_ATTR",
+    "READ_DB_WAIT_S",
     "RETRY_OF_ATTR",
     "STOPPED_ATTR",
     "STORAGE_ENV",
@@ -105,3 +106,7 @@ FLEET_ID_ENV = "TUNEFLEET_FLEET_ID"
 
 #: Storage engines: on PostgreSQL ``auto`` means ``fast``.
 ENGINES = ("auto", "fast", "stock")
+
+#: How long a reader (``status``, ``trials``, ...) waits for an unreachable database by default;
+#: a worker waits 60 s (``--db-wait``).
+READ_DB_WAIT_S = 10.0

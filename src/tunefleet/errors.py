@@ -11,6 +11,7 @@ from tunefleet.constants import ExitCode
 
 __all__ = [
     "ConfigError",
+    "DownloadError",
     "NoStudiesError",
     "ObjectiveBrokenError",
     "ObjectiveError",
@@ -52,3 +53,10 @@ class ObjectiveBrokenError(TunefleetError):
 
 class StudyError(TunefleetError):
     """The study exists but does not match what was asked (for example its direction)."""
+
+
+class DownloadError(ObjectiveError):
+    """A data set could not be downloaded (network, mirror): not the user's input, so it exits
+    with the storage/network code, like an unreachable database."""
+
+    exit_code: int = ExitCode.STORAGE

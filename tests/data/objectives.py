@@ -191,3 +191,14 @@ def loads_once(trial: optuna.Trial) -> float:
     x = trial.suggest_float("x", 0, 1)
     trial.set_user_attr("pid", os.getpid())
     return x
+
+
+def waits_for_file(trial: optuna.Trial) -> float:
+    """Waits until the file $GO_FILE exists (at most 120 s): a test holds workers mid-trial."""
+    import time
+
+    x = trial.suggest_float("x", 0, 1)
+    deadline = time.monotonic() + 120
+    while not Path(os.environ["GO_FILE"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return x

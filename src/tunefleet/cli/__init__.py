@@ -7,6 +7,7 @@ commands lives in a module of its own and is registered here.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -14,25 +15,53 @@ import traceback
 from collections.abc import Sequence
 
 import click
-import optuna
-import psycopg
-import sqlalchemy.exc
 
 from tunefleet._redact import redact
-from tunefleet.cli._data import data
-from tunefleet.cli._k8s import k8s
-from tunefleet.cli._monitor import best, dashboard, report, status, studies, trials
-from tunefleet.cli._rescore import rescore
-from tunefleet.cli._study import run, worker
-from tunefleet.cli._trial import trial
 from tunefleet.constants import ExitCode
 from tunefleet.errors import TunefleetError
-from tunefleet.storage._errors import _root_message
 
 __all__ = ["cli", "main"]
 
+#: Each command: the module that defines it, and its one-line help for ``tunefleet --help``.
+#: A command's module is imported only when that command runs (or its own --help is asked), so
+#: ``tunefleet --help`` loads neither Optuna nor SQLAlchemy and answers well under a second.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("_study", "Run a local fleet of workers on one study until it is done."),
+    "worker": ("_study", "Run one worker: join the study and run trials until it is done."),
+    "k8s": ("_k8s", "A study's fleet as a Kubernetes Job: render, apply, status, logs."),
+    "status": ("_monitor", "Show how a study is going: trials, budget, rate and ETA, workers."),
+    "studies": ("_monitor", "List the studies in a storage with their progress and best value."),
+    "best": ("_monitor", "Show the best trial's value and parameters (or the Pareto front)."),
+    "trials": ("_monitor", "Every trial: number, state, values, params, duration, worker."),
+    "report": ("_monitor", "One self-contained HTML report of a study (opens offline)."),
+    "dashboard": ("_monitor", "Serve optuna-dashboard on the same storage until stopped."),
+    "data": ("_data", "Fetch and check the data sets of the built-in objectives."),
+    "trial": ("_trial", "One trial in full: state, values, params, why it failed, its traceback."),
+    "rescore": ("_rescore", "Re-evaluate a study's best trial with other seeds."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (see :data:`COMMANDS`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"tunefleet.cli.{COMMANDS[cmd_name][0]}")
+        command = getattr(module, cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, short) for name, (_module, short) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tunefleet")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(debug: bool) -> None:
@@ -44,20 +73,6 @@ def cli(debug: bool) -> None:
       DATABASE_URL=postgresql://u:pw@host/db tunefleet run sklearn-iris --study iris --n-trials 100
       tunefleet worker sklearn-iris --study iris --n-trials 100
     """
-
-
-cli.add_command(run)
-cli.add_command(worker)
-cli.add_command(k8s)
-cli.add_command(status)
-cli.add_command(studies)
-cli.add_command(best)
-cli.add_command(trials)
-cli.add_command(trial)
-cli.add_command(report)
-cli.add_command(dashboard)
-cli.add_command(data)
-cli.add_command(rescore)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -92,28 +107,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
-    except DATABASE_ERRORS as exc:
-        # An outage that outlasted --db-wait mid-command (at start, open_storage says more).
-        if debug:
-            _traceback()
-        _error(
-            f"the database failed: {_root_message(exc)}: gave up after --db-wait; run the "
-            "command again once the database is back (finished trials are kept)"
-        )
-        code = ExitCode.STORAGE
     except Exception as exc:
         if debug:
             _traceback()
-        _error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
-        code = 1
+        if _is_database_error(exc):
+            # An outage that outlasted --db-wait mid-command (at start, open_storage says more).
+            from tunefleet.storage._errors import _root_message
+
+            _error(
+                f"the database failed: {_root_message(exc)}: gave up after --db-wait; run the "
+                "command again once the database is back (finished trials are kept)"
+            )
+            code = ExitCode.STORAGE
+        else:
+            _error(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+            code = 1
     sys.exit(code if isinstance(code, int) else 0)
 
 
-DATABASE_ERRORS = (
-    sqlalchemy.exc.SQLAlchemyError,
-    psycopg.Error,
-    optuna.exceptions.StorageInternalError,
-)
+def _is_database_error(exc: BaseException) -> bool:
+    # Looked up in sys.modules, not imported: an error of these types means its module is loaded,
+    # and importing them here would cost every `tunefleet --help` a second.
+    for module, name in (
+        ("sqlalchemy.exc", "SQLAlchemyError"),
+        ("psycopg", "Error"),
+        ("optuna.exceptions", "StorageInternalError"),
+    ):
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type) and isinstance(exc, kind):
+            return True
+    return False
 
 
 def _error(message: str) -> None:

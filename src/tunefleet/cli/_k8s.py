@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from tunefleet.cli._options import db_wait_option, emit, output_option
 from tunefleet.cli._study import build_spec, study_options
+from tunefleet.constants import READ_DB_WAIT_S
 from tunefleet.errors import TunefleetError
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from tunefleet.config import StudySpec
     from tunefleet.kubernetes import Cluster, FleetOptions
-    from tunefleet.summary import StudySummary
+    from tunefleet.summary import StudyStatus
 
 # tunefleet.kubernetes, its YAML and the rich widgets are imported by the commands that use them:
 # every `tunefleet worker` (each pod, each local worker) loads this module to build the CLI.
@@ -31,10 +32,10 @@ _POD_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "brig
 
 def _spec_options(func: F) -> F:
     """The study options of ``run``/``worker``, less ``--storage`` (pods get it from the Secret)
-    and ``--json`` (the summary of a local run)."""
+    and ``-o/--json`` (the summary of a local run)."""
     func = study_options(func)
     params = getattr(func, "__click_params__", [])
-    func.__click_params__ = [p for p in params if p.name not in ("storage", "as_json")]  # type: ignore[attr-defined]
+    func.__click_params__ = [p for p in params if p.name not in ("storage", "as_json", "output")]  # type: ignore[attr-defined]
     return func
 
 
@@ -319,7 +320,13 @@ def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -
 
 
 @k8s.command()
-@click.option("--study", help="Study name [the only fleet in the namespace].")
+@click.option(
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    help="Study name [the only fleet in the namespace].",
+)
 @_cluster_options
 @click.option(
     "--env-file",
@@ -327,10 +334,9 @@ def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -
     help="A .env with a storage URL reachable from here [the pods' Secret, then the environment].",
 )
 @click.option("--watch", is_flag=True, help="Refresh until the Job has finished.")
-@click.option(
-    "--interval", type=float, default=5.0, show_default=True, help="Seconds between refreshes."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--interval", type=float, default=5.0, help="Seconds between refreshes [5].")
+@output_option("table", "json", "yaml")
+@db_wait_option()
 def status(
     study: str | None,
     namespace: str | None,
@@ -339,7 +345,8 @@ def status(
     env_file: str | None,
     watch: bool,
     interval: float,
-    as_json: bool,
+    output: str,
+    db_wait: float,
 ) -> int:
     """Show the Job, each worker pod and the study's progress side by side.
 
@@ -352,30 +359,35 @@ def status(
     from rich.live import Live
 
     from tunefleet import kubernetes as k8s_api
+    from tunefleet.cli._monitor import quiet_retries
     from tunefleet.kubernetes import _fleet as fleet
 
+    quiet_retries()
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
     job = fleet.find_job(cluster, study)
     urls = fleet.progress_urls(cluster, job, env_file)
-    if as_json:
-        click.echo(json.dumps(_status_json(cluster, job, urls), indent=2))
+    if output != "table":
+        emit(_status_json(cluster, job, urls, db_wait), output)
         return 0
     console = Console(highlight=False)
     if not watch:
-        console.print(_status_view(cluster, job, urls))
+        console.print(_status_view(cluster, job, urls, db_wait))
         return 0
-    with Live(_status_view(cluster, job, urls), console=console, auto_refresh=False) as live:
+    view = _status_view(cluster, job, urls, db_wait)
+    with Live(view, console=console, auto_refresh=False) as live:
         while fleet.job_state(job)[0] not in ("Complete", "Failed"):
             time.sleep(interval)
             refreshed = cluster.get("Job", job["metadata"]["name"])
             if refreshed is None:
                 break
             job = refreshed
-            live.update(_status_view(cluster, job, urls), refresh=True)
+            live.update(_status_view(cluster, job, urls, db_wait), refresh=True)
     return 0
 
 
-def _progress(urls: list[str], study: str) -> tuple[StudySummary | None, str]:
+def _progress(
+    urls: list[str], study: str, db_wait: float = READ_DB_WAIT_S
+) -> tuple[StudyStatus | None, str]:
     from tunefleet.kubernetes import _fleet as fleet
 
     if not urls:
@@ -386,17 +398,19 @@ def _progress(urls: list[str], study: str) -> tuple[StudySummary | None, str]:
     problem = ""
     for url in urls:
         try:
-            return fleet.study_progress(url, study), ""
+            return fleet.study_progress(url, study, db_wait), ""
         except TunefleetError as exc:
             problem = problem or str(exc)
     return None, f"{problem} (the pods above are what the cluster says)"
 
 
-def _status_json(cluster: Cluster, job: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+def _status_json(
+    cluster: Cluster, job: dict[str, Any], urls: list[str], db_wait: float
+) -> dict[str, Any]:
     from tunefleet.kubernetes import _fleet as fleet
 
     state, message = fleet.job_state(job)
-    summary, note = _progress(urls, fleet.study_of(job))
+    summary, note = _progress(urls, fleet.study_of(job), db_wait)
     status = job.get("status", {})
     return {
         "job": {
@@ -410,12 +424,14 @@ def _status_json(cluster: Cluster, job: dict[str, Any], urls: list[str]) -> dict
             "backoff_limit": job["spec"].get("backoffLimit"),
         },
         "pods": [p.to_json() for p in fleet.pod_rows(job, fleet.worker_pods(cluster, job))],
-        "study": summary.to_json() | {"seconds_left": summary.seconds_left} if summary else None,
+        "study": summary.to_json() if summary else None,
         "note": note or None,
     }
 
 
-def _status_view(cluster: Cluster, job: dict[str, Any], urls: list[str]) -> RenderableType:
+def _status_view(
+    cluster: Cluster, job: dict[str, Any], urls: list[str], db_wait: float
+) -> RenderableType:
     from rich.columns import Columns
     from rich.console import Group
     from rich.table import Table
@@ -448,22 +464,22 @@ def _status_view(cluster: Cluster, job: dict[str, Any], urls: list[str]) -> Rend
     if not rows:
         pods.add_row("(no pods yet)", "", "", "", "", "")
 
-    summary, note = _progress(urls, study)
+    summary, note = _progress(urls, study, db_wait)
     progress = Table.grid(padding=(0, 2))
     progress.add_column(style="bold")
     progress.add_column()
     if summary is None:
         progress.add_row("study", Text(note, style="yellow"))
     else:
-        counted = f"{summary.n_trials}" + (f" of {summary.budget}" if summary.budget else "")
+        counted = f"{summary.n_counted}" + (f" of {summary.budget}" if summary.budget else "")
         states = ", ".join(f"{k} {v}" for k, v in summary.states.items() if v)
         progress.add_row("study", summary.study)
         progress.add_row("trials", f"{counted} counted" + (f" ({states})" if states else ""))
         progress.add_row("best", "-" if summary.best_value is None else f"{summary.best_value:.6g}")
         if summary.budget:
-            progress.add_row("budget", f"{max(0, summary.budget - summary.n_trials)} left")
-        if summary.seconds_left is not None:
-            progress.add_row("deadline", f"{_duration(max(0.0, summary.seconds_left))} left")
+            progress.add_row("budget", f"{summary.budget_left} left")
+        if summary.deadline_left_s is not None:
+            progress.add_row("deadline", f"{_duration(summary.deadline_left_s)} left")
         progress.add_row("done", "yes" if summary.done else "no")
     return Group(head, Text(), Columns([pods, progress], padding=(0, 6)))
 
@@ -476,7 +492,13 @@ def _duration(seconds: float) -> str:
 
 
 @k8s.command()
-@click.option("--study", help="Study name [the only fleet in the namespace].")
+@click.option(
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    help="Study name [the only fleet in the namespace].",
+)
 @_cluster_options
 @click.option("-f", "--follow", is_flag=True, help="Stream until the Job has finished.")
 def logs(
@@ -516,7 +538,13 @@ def logs(
 
 
 @k8s.command()
-@click.option("--study", help="Study name [the only fleet in the namespace].")
+@click.option(
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    help="Study name [the only fleet in the namespace].",
+)
 @_cluster_options
 @click.option("--with-secret", is_flag=True, help="Delete the storage Secret too.")
 def delete(

@@ -7,114 +7,114 @@ when the storage holds a single study.
 
 from __future__ import annotations
 
-import json
+import logging
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
-import optuna
-import sqlalchemy.exc
-from rich.console import Console
-from rich.live import Live
 
-from tunefleet import monitor
+from tunefleet.cli._options import (
+    db_wait_option,
+    emit,
+    output_option,
+    storage_option,
+    study_option,
+)
 from tunefleet.errors import StorageError
-from tunefleet.storage import FleetStorage, resolve_storage_url
-from tunefleet.storage._errors import translate_db_error
+
+if TYPE_CHECKING:
+    from tunefleet import monitor
+    from tunefleet.storage import FleetStorage
+
+# Optuna, SQLAlchemy and rich are imported by the commands that run, not to build the CLI:
+# `tunefleet --help` stays quick.
 
 __all__ = ["best", "dashboard", "report", "status", "studies", "trials"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-def storage_option(func: F) -> F:
-    return click.option(
-        "--storage",
-        metavar="URL",
-        help="postgresql://user:pw@host/db or sqlite:///file.db (default: "
-        "$TUNEFLEET_STORAGE, $DATABASE_URL, else ./tunefleet.db).",
-    )(func)
-
-
-def study_option(func: F) -> F:
-    return click.option(
-        "--study", help="Study name (may be left out when the storage holds only one)."
-    )(func)
+def quiet_retries() -> None:
+    """A reader says nothing while it retries: it succeeds, or fails with one line (exit 3)."""
+    logging.getLogger("tunefleet.storage").setLevel(logging.ERROR)
 
 
 @contextmanager
-def _reading(storage: FleetStorage) -> Iterator[None]:
-    """Database errors while reading become one-line storage errors."""
-    try:
-        yield
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        raise translate_db_error(exc, storage.url) from exc
+def _opened(storage_flag: str | None, db_wait: float) -> Iterator[FleetStorage]:
+    """The storage, open for reading through its read API (which retries for up to
+    ``db_wait`` seconds and turns database errors into one line, exit 3), then closed."""
+    from tunefleet.storage import resolve_storage_url
+    from tunefleet.storage.read import open_reader
 
-
-@contextmanager
-def _opened(storage_flag: str | None) -> Iterator[FleetStorage]:
-    """The storage, open for reading (database errors become one-line errors), then closed."""
-    fs = monitor.open_existing_storage(resolve_storage_url(storage_flag))
+    quiet_retries()
+    fs = open_reader(resolve_storage_url(storage_flag), db_wait)
     try:
-        with _reading(fs):
-            yield fs
+        yield fs
     finally:
         fs.close()
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, default=str))
 
 
 @click.command()
 @storage_option
 @study_option
-@click.option("--watch", is_flag=True, help="Refresh in place until the study is done.")
+@click.option("--watch", "-w", is_flag=True, help="Refresh until the study is done.")
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.2),
     default=2.0,
-    show_default=True,
     metavar="SECONDS",
-    help="Refresh interval for --watch.",
+    help="Refresh interval for --watch [2].",
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print JSON (a line per refresh with --watch)."
-)
+@output_option("table", "json", "yaml")
+@db_wait_option()
 def status(
-    storage: str | None, study: str | None, watch: bool, interval: float, as_json: bool
+    storage: str | None,
+    study: str | None,
+    watch: bool,
+    interval: float,
+    output: str,
+    db_wait: float,
 ) -> int:
     """Show how a study is going: trials by state, budget, rate and ETA, best trial, workers.
 
-    Reads a few grouped counts, so it stays fast on large studies. Example:
+    Reads a few grouped counts, so it stays fast on large studies. With -o json, --watch prints
+    one JSON object per refresh (docs/json-schema.md). Example:
 
         tunefleet status --study iris --watch
     """
-    with _opened(storage) as fs:
+    from tunefleet import monitor
+
+    with _opened(storage, db_wait) as fs:
         ref = monitor.resolve_study(fs, study)
         current = monitor.read_status(fs, ref)
-        if as_json:
-            _print_json(current.to_json())
+        if output != "table":
+            emit(current.to_json(), output)
         if not watch:
-            if not as_json:
-                Console().print(monitor.render_status(current))
+            if output == "table":
+                _console().print(monitor.render_status(current))
             return 0
         try:
-            if as_json:
+            if output != "table":
                 while not _finished(current):
                     time.sleep(interval)
                     current = _refresh(fs, ref, current)[0]
-                    _print_json(current.to_json())
+                    emit(current.to_json(), output)
                     sys.stdout.flush()
             else:
                 _watch(fs, ref, current, interval)
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
 
 
 def _finished(current: monitor.StudyStatus) -> bool:
@@ -125,9 +125,10 @@ def _refresh(
     fs: FleetStorage, ref: monitor.StudyRef, last: monitor.StudyStatus
 ) -> tuple[monitor.StudyStatus, str | None]:
     """A new status, or the last one and why it could not be read (the watch goes on)."""
+    from tunefleet import monitor
+
     try:
-        with _reading(fs):
-            return monitor.read_status(fs, ref), None
+        return monitor.read_status(fs, ref), None
     except StorageError as exc:
         return last, str(exc)
 
@@ -136,10 +137,12 @@ def _watch(
     fs: FleetStorage, ref: monitor.StudyRef, current: monitor.StudyStatus, interval: float
 ) -> None:
     from rich.console import Group
+    from rich.live import Live
     from rich.text import Text
 
-    console = Console()
-    with Live(monitor.render_status(current), console=console, auto_refresh=False) as live:
+    from tunefleet import monitor
+
+    with Live(monitor.render_status(current), console=_console(), auto_refresh=False) as live:
         last_frame = _finished(current)
         while not last_frame:
             # Once the study is done, one more frame shows the workers that were exiting.
@@ -154,83 +157,112 @@ def _watch(
 
 @click.command()
 @storage_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def studies(storage: str | None, as_json: bool) -> int:
+@output_option("table", "json", "yaml", "csv")
+@db_wait_option()
+def studies(storage: str | None, output: str, db_wait: float) -> int:
     """List the studies in a storage with their progress and best value.
 
-    Example:
+    -o json prints a list of the same objects as status -o json. Example:
 
         tunefleet studies --storage postgresql://user:pw@host/db
     """
-    with _opened(storage) as fs:
+    from tunefleet import monitor
+
+    with _opened(storage, db_wait) as fs:
         rows = monitor.list_studies(fs)
-    if as_json:
-        _print_json([r.to_json() for r in rows])
+    if output in ("json", "yaml"):
+        emit([r.to_json() for r in rows], output)
+    elif output == "csv":
+        click.echo(_studies_csv(rows), nl=False)
     elif not rows:
-        Console().print(f"no studies in {fs.display_url}", highlight=False)
+        _console().print(f"no studies in {fs.display_url}", highlight=False)
     else:
-        Console().print(monitor.render_studies(rows, fs.display_url))
+        _console().print(monitor.render_studies(rows, fs.display_url))
     return 0
+
+
+def _studies_csv(rows: list[monitor.StudyStatus]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["study", "directions", "n_trials", "counted", "budget", "in_flight", "done"]
+    writer.writerow([*header, "best_value", "live_workers", "rate_per_min"])
+    for r in rows:
+        best = "" if r.best_value is None else repr(r.best_value)
+        budget = "" if r.budget is None else r.budget
+        writer.writerow(
+            [r.study, " ".join(r.directions), r.n_trials, r.n_counted, budget, r.n_in_flight,
+             str(r.done).lower(), best, len(r.live_workers), round(r.rate_per_min, 3)]
+        )  # fmt: skip
+    return buffer.getvalue()
 
 
 @click.command()
 @storage_option
 @study_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def best(storage: str | None, study: str | None, as_json: bool) -> int:
+@output_option("table", "json", "yaml")
+@db_wait_option()
+def best(storage: str | None, study: str | None, output: str, db_wait: float) -> int:
     """Show the best trial's value and parameters (the Pareto front for several objectives).
 
-    Example:
+    Trials are the same objects as in trials -o json. Example:
 
-        tunefleet best --study iris --json
+        tunefleet best --study iris -o json
     """
-    with _opened(storage) as fs:
+    from tunefleet import monitor
+    from tunefleet.summary import SCHEMA_VERSION
+
+    with _opened(storage, db_wait) as fs:
         ref = monitor.resolve_study(fs, study)
         found = monitor.best_trials(fs, ref)
-    if as_json:
-        data: dict[str, Any] = {"study": ref.name, "directions": list(ref.directions)}
-        if ref.multi_objective:
-            data["best_trials"] = [t.to_json() for t in found]
-        else:
-            data["best_trial"] = found[0].to_json() if found else None
-        _print_json(data)
-    else:
-        Console().print(monitor.render_best(found, ref.directions))
+    if output == "table":
+        _console().print(monitor.render_best(found, ref.directions))
+        return 0
+    data: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "study": ref.name,
+        "directions": list(ref.directions),
+        "best": None if ref.multi_objective or not found else found[0].to_json(),
+        "pareto_front": [t.to_json() for t in found] if ref.multi_objective else [],
+    }
+    emit(data, output)
     return 0
 
 
 @click.command()
 @storage_option
 @study_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option("table", "csv", "json", "yaml", aliases=("--format",))
 @click.option(
     "--state",
     "states",
     multiple=True,
     metavar="STATE",
-    help=f"Only trials in this state (repeatable: {', '.join(monitor.TRIAL_STATES)}).",
+    help="Only trials in this state (repeatable: waiting, running, complete, pruned, fail).",
 )
-def trials(storage: str | None, study: str | None, fmt: str, states: tuple[str, ...]) -> int:
+@db_wait_option()
+def trials(
+    storage: str | None, study: str | None, output: str, states: tuple[str, ...], db_wait: float
+) -> int:
     """Print every trial: number, state, values, params, duration, worker, user attributes.
 
     Example:
 
-        tunefleet trials --study iris --format csv --state complete > trials.csv
+        tunefleet trials --study iris -o csv --state complete > trials.csv
     """
+    from tunefleet import monitor
+
     wanted = monitor.parse_states(states)
-    with _opened(storage) as fs:
+    with _opened(storage, db_wait) as fs:
         ref = monitor.resolve_study(fs, study)
         rows = monitor.load_trials(fs, ref, wanted)
-    if fmt == "json":
+    if output == "json":
         click.echo(monitor.trials_to_json(rows))
-    elif fmt == "csv":
+    elif output == "yaml":
+        emit([r.to_json() for r in rows], output)
+    elif output == "csv":
         click.echo(monitor.trials_to_csv(rows, len(ref.directions)), nl=False)
     else:
         click.echo(monitor.format_trials_table(rows, len(ref.directions)), nl=False)
@@ -244,10 +276,10 @@ def trials(storage: str | None, study: str | None, fmt: str, states: tuple[str, 
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("report.html"),
-    show_default=True,
-    help="The HTML file to write.",
+    help="The HTML file to write [report.html].",
 )
-def report(storage: str | None, study: str | None, out: Path) -> int:
+@db_wait_option()
+def report(storage: str | None, study: str | None, out: Path, db_wait: float) -> int:
     """Write one self-contained HTML report of a study that opens offline.
 
     Optimization history, parameter importances, parallel coordinates, slices, intermediate
@@ -256,8 +288,10 @@ def report(storage: str | None, study: str | None, out: Path) -> int:
 
         tunefleet report --study iris --out iris.html
     """
+    from tunefleet import monitor
+
     started = time.monotonic()
-    with _opened(storage) as fs:
+    with _opened(storage, db_wait) as fs:
         ref = monitor.resolve_study(fs, study)
         written = monitor.write_report(fs, ref, out)
     size = out.stat().st_size / 1e6
@@ -269,6 +303,17 @@ def report(storage: str | None, study: str | None, out: Path) -> int:
     return 0
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT both stop a server: SIGINT may be ignored when the process was started
+    in the background (a shell gives such jobs SIGINT ignored), SIGTERM is what supervisors send."""
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 @click.command()
 @storage_option
 @study_option
@@ -276,23 +321,27 @@ def report(storage: str | None, study: str | None, out: Path) -> int:
     "--port",
     type=click.IntRange(0, 65535),
     default=8080,
-    show_default=True,
-    help="Port to listen on (0: any free port).",
+    help="Port to listen on (0: any free port) [8080].",
 )
 @click.option(
     "--host",
     default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on; the dashboard has no login, so keep it local.",
+    help="Address to listen on; the dashboard has no login, so keep it local [127.0.0.1].",
 )
-def dashboard(storage: str | None, study: str | None, port: int, host: str) -> int:
-    """Serve optuna-dashboard on the same storage until Ctrl-C.
+@db_wait_option()
+def dashboard(storage: str | None, study: str | None, port: int, host: str, db_wait: float) -> int:
+    """Serve optuna-dashboard on the same storage until Ctrl-C or SIGTERM.
 
     Needs the extra: pip install "tunefleet[dashboard]". Example:
 
         tunefleet dashboard --study iris --port 8080
     """
-    with _opened(storage) as fs:
+    from rich.console import Console
+
+    from tunefleet import monitor
+
+    _stop_on_signals()
+    with _opened(storage, db_wait) as fs:
         study_id = None if study is None else monitor.resolve_study(fs, study).study_id
         server = monitor.start_dashboard(fs, host, port)
         bound = int(server.server_address[1])

@@ -19,18 +19,21 @@ __all__ = ["rescore"]
 
 @click.command()
 @click.argument("objective", required=False)
-@click.option("--study", required=True, help="The study whose best trial to re-evaluate.")
+@click.option(
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    required=True,
+    help="The study whose best trial to re-evaluate.",
+)
 @click.option(
     "--storage",
     metavar="URL",
     help="As for 'run' (default: $TUNEFLEET_STORAGE, $DATABASE_URL, else ./tunefleet.db).",
 )
-@click.option(
-    "--repeats", type=int, default=10, show_default=True, help="Re-evaluations, each a new seed."
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Picks the repeats' seeds (1..K for 0)."
-)
+@click.option("--repeats", type=int, default=10, help="Re-evaluations, each a new seed [10].")
+@click.option("--seed", type=int, default=0, help="Picks the repeats' seeds (1..K for 0) [0].")
 @click.option(
     "--objective-arg",
     "objective_args",

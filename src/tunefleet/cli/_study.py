@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from rich.markup import escape
 from tunefleet import constants
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
+from tunefleet.cli._options import emit, output_option
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
 from tunefleet.constants import LOST_ATTR, ExitCode
 from tunefleet.errors import ConfigError, ObjectiveBrokenError, StorageError, TunefleetError
@@ -35,8 +35,6 @@ from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
 from tunefleet.storage._engine import QUERY_TIMEOUT_S
 from tunefleet.storage._failures import counted_failures
 from tunefleet.study import FleetStudy, default_study_name, open_study, resolve_directions
-from tunefleet.summary import summarize
-from tunefleet.worker import EXIT_DONE
 
 __all__ = ["build_spec", "run", "study_options", "worker"]
 
@@ -47,9 +45,8 @@ LOG_FORMAT_OPTION = click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default="text",
-    show_default=True,
     envvar="TUNEFLEET_LOG_FORMAT",
-    help="Worker log lines as plain text or JSON lines (for log collectors).",
+    help="Worker log lines as plain text or JSON lines (for log collectors) [text].",
 )
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -63,7 +60,13 @@ def study_options(func: F) -> F:
     """The options ``run`` and ``worker`` share: everything that defines the study."""
     options = [
         click.argument("objective", required=False),
-        click.option("--study", help="Study name (default: from the objective)."),
+        click.option(
+            "--study",
+            "--study-name",
+            "study",
+            metavar="NAME",
+            help="Study name [from the objective].",
+        ),
         click.option(
             "--storage",
             metavar="URL",
@@ -104,7 +107,6 @@ def study_options(func: F) -> F:
             metavar="KEY=VALUE",
             help="Setting passed to the objective (repeatable).",
         ),
-        click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON."),
         click.option(
             "--heartbeat-interval",
             type=float,
@@ -148,6 +150,7 @@ def study_options(func: F) -> F:
             help="How long to wait for an unreachable database [60].",
         ),
     ]
+    func = output_option("table", "json", "yaml")(func)
     for option in reversed(options):
         func = option(func)
     return func
@@ -205,14 +208,22 @@ def query_timeout(spec: StudySpec) -> float:
     help="Restarts of crashed workers, in all, before giving up [3 x workers].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show every worker's per-trial log lines.")
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    metavar="SECONDS",
+    help="Without a terminal: a progress line every SECONDS, not a live bar (0: none) [10].",
+)
 @LOG_FORMAT_OPTION
 def run(
     objective: str | None,
     config_path: str | None,
     objective_args: tuple[str, ...],
     directions: tuple[str, ...],
-    as_json: bool,
+    output: str,
     verbose: bool,
+    progress_interval: float,
     log_format: str,
     **flags: Any,
 ) -> int:
@@ -224,28 +235,34 @@ def run(
         tunefleet run sklearn-iris --n-trials 100 --workers 3
     """
     from tunefleet.display import FleetProgress, render_summary
+    from tunefleet.storage.read import StudyRef
+    from tunefleet.summary import read_status
 
     setup_logging(logging.INFO if verbose else logging.WARNING, log_format)
     spec = build_spec(objective, config_path, objective_args, directions, **flags)
     spec, objective_obj, storage = _prepare(spec)
     fleet_study = open_study(storage, spec, objective_obj)
+    study_directions = tuple(d.name.lower() for d in fleet_study.study.directions)
+    ref = StudyRef(fleet_study.study_id, fleet_study.name, study_directions)
     console = Console(stderr=True)
-    out = Console()
+    out = Console(soft_wrap=True)
     started = time.monotonic()
     n_workers = spec.workers or cpu_count()
 
     def done(code: int, restarts: int = 0) -> int:
-        summary = summarize(fleet_study, wall_s=time.monotonic() - started)
-        summary.restarts = restarts
-        if as_json:
-            out.print_json(json.dumps(summary.to_json()))
+        status = read_status(storage, ref)
+        wall_s = time.monotonic() - started
+        if output == "table":
+            render_summary(out, status, wall_s, restarts)
         else:
-            render_summary(out, summary)
+            run_info = {"wall_s": round(wall_s, 3), "restarts": restarts, "workers": n_workers}
+            emit(status.to_json() | {"run": run_info}, output)
         return code
 
     if fleet_study.budget.done:
-        console.print(f"study {spec.study} is already done: nothing to run")
-        console.print(_how_to_go_on(fleet_study, spec), highlight=False)
+        console.print(_already_done(spec, fleet_study), highlight=False, soft_wrap=True)
+        if not fleet_study.budget.deadline_passed:
+            console.print(_how_to_go_on(fleet_study, spec), highlight=False, soft_wrap=True)
         return done(0)
     tracebacks = TracebackFilter()
 
@@ -255,7 +272,10 @@ def run(
         if log_format == "json":  # already one JSON object per line, naming its worker
             click.echo(redact(line), err=True)
             return
-        console.print(f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False)
+        # soft_wrap: a worker's log record stays one line, whatever the width.
+        console.print(
+            f"[dim]\\[w{index}][/] {escape(redact(line))}", highlight=False, soft_wrap=True
+        )
 
     # The workers of this run share a stop on a broken objective (tunefleet.failures).
     env = {"TUNEFLEET_STORAGE": storage.env_url, constants.FLEET_ID_ENV: uuid.uuid4().hex}
@@ -267,10 +287,16 @@ def run(
         env=env,
         on_output=show,
     )
-    console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")
+    workers = "worker" if n_workers == 1 else "workers"
+    console.print(
+        f"study {spec.study}: {n_workers} {workers} on {storage.display_url}",
+        highlight=False,
+        soft_wrap=True,
+    )
     max_restarts = spec.max_restarts if spec.max_restarts is not None else 3 * n_workers
     given_up: set[int] = set()
-    with FleetProgress(console, fleet_study.name, spec.n_trials) as progress, _sigterm_raises():
+    progress = FleetProgress(console, fleet_study.name, progress_interval)
+    with progress, _sigterm_raises():
         fleet.start()
         done_since: float | None = None
         budget_seen = fleet_study.budget.n_trials
@@ -278,13 +304,13 @@ def run(
             while fleet.running() or _restart_crashed(
                 fleet, fleet_study, max_restarts, given_up, console
             ):
-                progress.update(summarize(fleet_study))
-                time.sleep(0.5)
+                progress.update(read_status(storage, ref))
+                time.sleep(1.0)
                 _restart_crashed(fleet, fleet_study, max_restarts, given_up, console)
                 done_since = _stop_stragglers(fleet, fleet_study, done_since, spec, console)
                 budget_seen = _announce_budget_change(fleet_study, budget_seen, console)
-            progress.update(summarize(fleet_study))
         except (KeyboardInterrupt, _Terminated) as exc:
+            progress.stop()  # the summary follows on a clean screen
             signalled = ExitCode.SIGTERM if isinstance(exc, _Terminated) else ExitCode.SIGINT
             console.print("stopping workers (their running trials are handed back)...")
             fleet.stop()
@@ -298,7 +324,7 @@ def run(
     study_done = storage.ledger.budget(fleet_study.study_id).done
     if ExitCode.OBJECTIVE_BROKEN in codes and not study_done:
         done(ExitCode.OBJECTIVE_BROKEN, fleet.restarts)
-        raise _broken_error(fleet_study)
+        raise _broken_error(storage, fleet_study.study_id, fleet_study.name)
     code = done(0 if study_done else 1, fleet.restarts)
     if failed and not study_done and all(c == ExitCode.STORAGE for _, c in failed):
         raise StorageError(
@@ -396,6 +422,23 @@ def _fail_orphaned_trials(fleet_study: FleetStudy) -> None:
         storage.ledger.release(claim.claim_id)
 
 
+def _already_done(spec: StudySpec, fleet_study: FleetStudy) -> str:
+    """Why nothing runs; a new --timeout on a study whose deadline passed is explained."""
+    budget = fleet_study.budget
+    if budget.deadline_passed and spec.timeout is not None:
+        return (
+            f"study {spec.study} is already done: its deadline passed (--timeout is fixed when "
+            f"a study is created, so --timeout {spec.timeout:g} does not extend it): "
+            "pick another --study to run again"
+        )
+    if budget.deadline_passed:
+        return f"study {spec.study} is already done: its deadline passed; nothing to run"
+    return (
+        f"study {spec.study} is already done: {budget.n_counted} of {budget.n_trials} trials "
+        "counted; nothing to run (a larger --n-trials runs more)"
+    )
+
+
 def _restart_crashed(
     fleet: LocalFleet,
     fleet_study: FleetStudy,
@@ -407,7 +450,7 @@ def _restart_crashed(
     at most ``max_restarts`` times in all (like its backoffLimit). Returns whether any was."""
     restarted = False
     for index, code in enumerate(fleet.exit_codes()):
-        if code is None or code == EXIT_DONE or index in given_up:
+        if code is None or code == ExitCode.OK or index in given_up:
             continue
         if (
             code in (TunefleetError.exit_code, ExitCode.STORAGE, ExitCode.OBJECTIVE_BROKEN)
@@ -441,8 +484,7 @@ def _restart_crashed(
     "--log-level",
     type=click.Choice(list(LOG_LEVELS)),
     default="info",
-    show_default=True,
-    help="Worker log verbosity.",
+    help="Worker log verbosity [info].",
 )
 @LOG_FORMAT_OPTION
 def worker(
@@ -450,7 +492,7 @@ def worker(
     config_path: str | None,
     objective_args: tuple[str, ...],
     directions: tuple[str, ...],
-    as_json: bool,
+    output: str,
     log_level: str,
     log_format: str,
     **flags: Any,
@@ -473,23 +515,33 @@ def worker(
     one = Worker(storage, spec, objective_obj)
     set_log_context(worker=one.worker_id)
     result = one.run()
-    if result.reason == "failures":
-        raise _broken_error(open_study(storage, spec.merged(n_trials=None), objective_obj))
-    if as_json:
-        fleet_study = open_study(storage, spec.merged(n_trials=None, timeout=None), objective_obj)
-        summary = summarize(fleet_study, wall_s=time.monotonic() - started)
-        Console().print_json(json.dumps(summary.to_json()))
+    if result.reason == "failures" or output != "table":
+        # Read, never re-open: opening the study would write this worker's --n-trials back as
+        # the budget, shrinking one that another worker extended meanwhile.
+        from tunefleet.summary import read_status, resolve_study
+
+        ref = resolve_study(storage, spec.study)
+        if result.reason == "failures":
+            raise _broken_error(storage, ref.study_id, ref.name)
+        status = read_status(storage, ref)
+        info = {
+            "worker_id": one.worker_id,
+            "n_trials": result.n_trials,
+            "reason": result.reason,
+            "wall_s": round(time.monotonic() - started, 3),
+        }
+        emit(status.to_json() | {"worker": info}, output)
     return result.exit_code
 
 
-def _broken_error(fleet_study: FleetStudy) -> ObjectiveBrokenError:
+def _broken_error(storage: FleetStorage, study_id: int, name: str) -> ObjectiveBrokenError:
     """The one-line error for a fleet stopped on failures: why, where, and what to do."""
-    stop = read_stop(fleet_study.storage, fleet_study.study_id)
+    stop = read_stop(storage, study_id)
     why = stop.reason if stop else "the objective keeps failing"
     first = f" (first error: {stop.error})" if stop and stop.error else ""
     return ObjectiveBrokenError(
         f"{why}{first}: fix the objective and run the same command again (the failed trials' "
-        f"budget was given back); 'tunefleet trial N --study {fleet_study.name}' prints a "
+        f"budget was given back); 'tunefleet trial N --study {name}' prints a "
         "trial's traceback"
     )
 

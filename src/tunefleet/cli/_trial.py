@@ -10,7 +10,8 @@ import optuna
 
 from tunefleet import constants, monitor
 from tunefleet._redact import redact
-from tunefleet.cli._monitor import _opened, storage_option, study_option
+from tunefleet.cli._monitor import _opened
+from tunefleet.cli._options import db_wait_option, output_option, storage_option, study_option
 from tunefleet.errors import StudyError
 
 __all__ = ["trial"]
@@ -31,15 +32,16 @@ _SHOWN = {
 @click.argument("number", type=click.IntRange(min=0))
 @storage_option
 @study_option
-@click.option("--json", "as_json", is_flag=True, help="Print the trial as JSON.")
-def trial(number: int, storage: str | None, study: str | None, as_json: bool) -> int:
+@output_option("table", "json")
+@db_wait_option()
+def trial(number: int, storage: str | None, study: str | None, output: str, db_wait: float) -> int:
     """Print one trial: state, values, parameters, why it failed and its stored traceback.
 
     Example:
 
         tunefleet trial 3 --study iris
     """
-    with _opened(storage) as fs:
+    with _opened(storage, db_wait) as fs:
         ref = monitor.resolve_study(fs, study)
         found = [
             t for t in fs.optuna.get_all_trials(ref.study_id, deepcopy=False) if t.number == number
@@ -51,7 +53,7 @@ def trial(number: int, storage: str | None, study: str | None, as_json: bool) ->
         )
     t = found[0]
     attrs = t.system_attrs
-    if as_json:
+    if output == "json":
         data: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name,

@@ -17,11 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import optuna
-import sqlalchemy.exc
-
 from tunefleet._redact import redact
-from tunefleet.errors import ConfigError, NoStudiesError, StorageError, TunefleetError
+from tunefleet.errors import (
+    ConfigError,
+    NoStudiesError,
+    StorageError,
+    StudyError,
+    TunefleetError,
+)
 from tunefleet.kubernetes._cluster import Cluster, ClusterError
 from tunefleet.kubernetes._manifests import (
     ANNOTATION_STUDY,
@@ -31,9 +34,9 @@ from tunefleet.kubernetes._manifests import (
     failure_action,
     job_name,
 )
-from tunefleet.storage import STORAGE_ENV_VARS, display_url, open_storage, parse_storage_url
-from tunefleet.study import FleetStudy
-from tunefleet.summary import StudySummary, summarize
+from tunefleet.storage import STORAGE_ENV_VARS, display_url, parse_storage_url
+from tunefleet.storage.read import DEFAULT_READ_WAIT_S, open_reader
+from tunefleet.summary import StudyStatus, read_status, resolve_study
 
 __all__ = [
     "PodRow",
@@ -350,37 +353,29 @@ def pod_rows(
     return rows
 
 
-def study_progress(url: str, study: str) -> StudySummary:
-    """The study's progress from the database, reached from this machine.
+def study_progress(url: str, study: str, db_wait: float = DEFAULT_READ_WAIT_S) -> StudyStatus:
+    """The study's snapshot (the progress model every command prints), read from this machine
+    through the storage's read API.
 
     Raises:
-        StorageError: the database cannot be reached from here (one attempt, 5 s).
+        StorageError: the database cannot be reached from here within ``db_wait`` seconds.
         TunefleetError: the study is not in the database yet.
     """
     parsed = parse_storage_url(url)
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        parsed = parsed.update_query_dict({"connect_timeout": "5"})
     try:
-        storage = open_storage(
-            parsed.render_as_string(hide_password=False), db_wait=0, create=False
-        )
+        storage = open_reader(url, db_wait=db_wait)
     except NoStudiesError:
         raise TunefleetError(
             f"study '{study}' is not in {display_url(parsed)} yet: the first worker creates it"
         ) from None
     try:
         try:
-            study_id = storage.optuna.get_study_id_from_name(study)
-        except KeyError:
+            ref = resolve_study(storage, study)
+        except StudyError:
             raise TunefleetError(
                 f"study '{study}' is not in {storage.display_url} yet: the first worker creates it"
             ) from None
-        loaded = optuna.load_study(study_name=study, storage=storage.optuna)
-        try:
-            budget = storage.ledger.budget(study_id)
-        except sqlalchemy.exc.NoResultFound:
-            raise TunefleetError(f"study '{study}' was not made by tunefleet workers") from None
-        return summarize(FleetStudy(loaded, storage, budget))
+        return read_status(storage, ref)
     finally:
         storage.close()
 

@@ -66,7 +66,6 @@ from tunefleet.constants import FLEET_ID_ENV, ExitCode
 from tunefleet.errors import ConfigError
 from tunefleet.kubernetes._options import FleetOptions
 from tunefleet.objectives._loader import BUILTINS
-from tunefleet.worker import EXIT_INTERRUPTED
 
 __all__ = [
     "CONTAINER",
@@ -179,7 +178,7 @@ def _pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": CONTAINER,
                     "operator": "In",
-                    "values": sorted({int(EXIT_INTERRUPTED), _EXIT_SIGTERM}),
+                    "values": sorted({int(ExitCode.INTERRUPTED), _EXIT_SIGTERM}),
                 },
             },
             {

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from tunefleet.monitor import _sql as q
 from tunefleet.storage import FleetStorage
+from tunefleet.storage.read import read
 
 __all__ = ["load_frozen_trials"]
 
@@ -52,7 +53,7 @@ def load_frozen_trials(
             .where(*where)
         )
 
-    with storage.engine.connect() as conn:
+    def query(conn: Connection) -> tuple[Any, ...]:
         rows = conn.execute(
             select(
                 t.c.trial_id,
@@ -85,6 +86,9 @@ def load_frozen_trials(
         system = _group(
             conn, children(q.system_attrs, q.system_attrs.c.key, q.system_attrs.c.value_json)
         )
+        return rows, params, values, inter, user, system
+
+    rows, params, values, inter, user, system = read(storage, query)
 
     trials = []
     for trial_id, number, state, start, complete in rows:

@@ -13,9 +13,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tunefleet.monitor._status import BestTrial, StudyStatus, WorkerRow
-from tunefleet.monitor._studies import StudyOverview
 from tunefleet.monitor._trials import TrialRow
+from tunefleet.summary import StudyStatus, WorkerRow
 
 __all__ = [
     "format_duration",
@@ -81,8 +80,8 @@ def _states_line(states: dict[str, int]) -> Text:
     return text
 
 
-def _best_line(best: BestTrial) -> str:
-    value = ", ".join(_num(v) for v in best.values)
+def _best_line(best: TrialRow) -> str:
+    value = ", ".join(_num(v) for v in best.values or [])
     return f"[bold]{value}[/] (trial {best.number})  {_params(best.params)}"
 
 
@@ -112,7 +111,12 @@ def render_status(status: StudyStatus) -> RenderableType:
     if status.deadline_left_s is not None:
         grid.add_row("deadline", f"{format_duration(status.deadline_left_s)} left")
     window = format_duration(status.rate_window_s)
-    eta = "done" if status.done else format_duration(status.eta_s)
+    if status.done:
+        eta = "done"
+    elif status.eta_s is None and not status.live_workers:
+        eta = "- (no live workers)"
+    else:
+        eta = format_duration(status.eta_s)
     grid.add_row("rate", f"{status.rate_per_min:.1f} trials/min (last {window}) · ETA {eta}")
     if status.best is not None:
         grid.add_row(f"best ({status.directions[0]})", _best_line(status.best))
@@ -127,7 +131,12 @@ def render_status(status: StudyStatus) -> RenderableType:
     if status.workers:
         parts += [Text(""), _workers_table(status.workers)]
     title = f"study [bold]{escape(status.study)}[/]"
-    subtitle = "[green]done[/]" if status.done else f"{len(status.active_workers)} workers running"
+    running = len(status.active_workers)
+    subtitle = (
+        "[green]done[/]"
+        if status.done
+        else f"{running} worker{'' if running == 1 else 's'} running"
+    )
     return Panel(Group(*parts), title=title, subtitle=subtitle, expand=False)
 
 
@@ -163,7 +172,7 @@ def _worker_state(worker: WorkerRow) -> str:
     return f"[dim]{escape(worker.exit_reason or 'exited')}[/]"
 
 
-def render_studies(studies: Sequence[StudyOverview], storage: str) -> RenderableType:
+def render_studies(studies: Sequence[StudyStatus], storage: str) -> RenderableType:
     table = Table(title=f"studies in {escape(storage)}", header_style="bold", title_justify="left")
     table.add_column("study")
     table.add_column("direction")
@@ -176,17 +185,17 @@ def render_studies(studies: Sequence[StudyOverview], storage: str) -> Renderable
         if s.done:
             progress += " [green]done[/]"
         table.add_row(
-            escape(s.name),
+            escape(s.study),
             ", ".join(s.directions),
             progress,
             _states_line(s.states),
             _num(s.best_value),
-            str(s.n_active_workers),
+            str(len(s.live_workers)),
         )
     return table
 
 
-def render_best(best: Sequence[BestTrial], directions: Sequence[str]) -> RenderableType:
+def render_best(best: Sequence[TrialRow], directions: Sequence[str]) -> RenderableType:
     if not best:
         return Text("no trial completed yet", style="dim")
     if len(directions) == 1:
@@ -196,8 +205,9 @@ def render_best(best: Sequence[BestTrial], directions: Sequence[str]) -> Rendera
         table.add_column("value")
         for name, value in trial.params.items():
             table.add_row(escape(name), _cell(value))
+        value = _num(trial.values[0] if trial.values else None)
         head = Text.from_markup(
-            f"best value ({directions[0]}): [bold]{_num(trial.values[0])}[/] (trial {trial.number})"
+            f"best value ({directions[0]}): [bold]{value}[/] (trial {trial.number})"
         )
         return Group(head, table)
     table = Table(
@@ -209,7 +219,9 @@ def render_best(best: Sequence[BestTrial], directions: Sequence[str]) -> Rendera
     table.add_column("params")
     for trial in best:
         table.add_row(
-            str(trial.number), *(_num(v) for v in trial.values), _params(trial.params, limit=20)
+            str(trial.number),
+            *(_num(v) for v in trial.values or []),
+            _params(trial.params, limit=20),
         )
     return table
 

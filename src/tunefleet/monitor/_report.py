@@ -28,13 +28,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tunefleet.constants import FAIL_REASON_ATTR
 from tunefleet.errors import ConfigError
 from tunefleet.monitor._load import load_frozen_trials
 from tunefleet.monitor._status import StudyStatus, read_status
-from tunefleet.monitor._studies import StudyRef
 from tunefleet.monitor._timeline import claim_times, fleet_busy_share, timeline_figure, trial_spans
 from tunefleet.storage import FleetStorage
-from tunefleet.worker import FAIL_REASON_ATTR
+from tunefleet.storage.read import StudyRef
 
 __all__ = ["Report", "build_report", "write_report"]
 
@@ -306,7 +306,8 @@ def _summary(status: StudyStatus) -> str:
             f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in status.best.params.items()
         )
-        rows.append(("best", f"{status.best.values[0]:.6g} (trial {status.best.number}): {params}"))
+        value = f"{status.best_value:.6g}" if status.best_value is not None else "-"
+        rows.append(("best", f"{value} (trial {status.best.number}): {params}"))
     elif status.n_pareto:
         rows.append(("Pareto front", f"{status.n_pareto} trials"))
     return (

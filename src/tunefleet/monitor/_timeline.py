@@ -15,8 +15,10 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
+from tunefleet.constants import WORKER_ATTR
 from tunefleet.monitor import _sql as q
-from tunefleet.storage import WORKER_ATTR, FleetStorage
+from tunefleet.storage import FleetStorage
+from tunefleet.storage.read import read
 
 __all__ = ["Span", "claim_times", "fleet_busy_share", "timeline_figure", "trial_spans"]
 
@@ -44,12 +46,14 @@ class Span:
 
 def claim_times(storage: FleetStorage, study_id: int) -> dict[int, float]:
     """When each trial's budget slot was claimed (database clock), by trial id."""
-    with storage.engine.connect() as conn:
-        rows = conn.execute(
+    rows = read(
+        storage,
+        lambda conn: conn.execute(
             select(q.claims.c.trial_id, q.claims.c.claimed_at).where(
                 q.claims.c.study_id == study_id, q.claims.c.trial_id.is_not(None)
             )
-        ).all()
+        ).all(),
+    )
     return {int(trial_id): float(at) for trial_id, at in rows}
 
 

@@ -12,13 +12,12 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tunefleet._redact import redact_values
+from tunefleet.constants import FAIL_REASON_ATTR, WORKER_ATTR
 from tunefleet.errors import ConfigError
 from tunefleet.monitor._load import load_frozen_trials
-from tunefleet.monitor._status import BestTrial, pareto_front
-from tunefleet.monitor._studies import StudyRef
-from tunefleet.storage import WORKER_ATTR, FleetStorage
-from tunefleet.worker import FAIL_REASON_ATTR
+from tunefleet.monitor._pareto import pareto_front
+from tunefleet.storage import FleetStorage
+from tunefleet.storage.read import StudyRef
 
 __all__ = [
     "TRIAL_STATES",
@@ -35,7 +34,8 @@ TRIAL_STATES = tuple(s.name.lower() for s in TrialState)
 
 @dataclass(frozen=True)
 class TrialRow:
-    """One trial, flattened for a table, a CSV file or JSON."""
+    """One trial, flattened for a table, a CSV file or JSON: the trial object of every command
+    (``trials``, ``best``, and a snapshot's ``best`` and ``pareto_front``)."""
 
     number: int
     state: str
@@ -58,7 +58,7 @@ class TrialRow:
             params=dict(trial.params),
             duration_s=duration,
             worker=trial.system_attrs.get(WORKER_ATTR),
-            user_attrs=redact_values(dict(trial.user_attrs)),
+            user_attrs=dict(trial.user_attrs),
             fail_reason=trial.system_attrs.get(FAIL_REASON_ATTR),
             datetime_start=_iso(trial.datetime_start),
             datetime_complete=_iso(trial.datetime_complete),
@@ -115,20 +115,17 @@ def load_trials(
     return [TrialRow.from_trial(t) for t in load_frozen_trials(storage, ref.study_id, states)]
 
 
-def best_trials(storage: FleetStorage, ref: StudyRef) -> list[BestTrial]:
+def best_trials(storage: FleetStorage, ref: StudyRef) -> list[TrialRow]:
     """The best trial (single objective), or every trial on the Pareto front; [] if none."""
     if not ref.multi_objective:
         try:
             trial = storage.optuna.get_best_trial(ref.study_id)
         except ValueError:  # no COMPLETE trial
             return []
-        return [BestTrial(trial.number, list(trial.values or []), dict(trial.params))]
+        return [TrialRow.from_trial(trial)]
     complete = load_frozen_trials(storage, ref.study_id, (TrialState.COMPLETE,))
     front = pareto_front([t.values for t in complete], ref.directions)
-    return [
-        BestTrial(complete[i].number, list(complete[i].values), dict(complete[i].params))
-        for i in front
-    ]
+    return [TrialRow.from_trial(complete[i]) for i in front]
 
 
 def trials_to_json(rows: Sequence[TrialRow]) -> str:

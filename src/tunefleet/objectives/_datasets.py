@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tunefleet import constants
-from tunefleet.errors import ObjectiveError
+from tunefleet.errors import DownloadError, ObjectiveError
 
 __all__ = [
     "DATASETS",
@@ -285,18 +285,42 @@ def fetch_dataset(
     download never leaves a file the objectives would read. ``mirrors`` (base URLs, ``file://``
     included) replaces the built-in list, for a mirror inside a closed network.
 
+    A failed fetch leaves nothing behind: directories it created are removed again if empty.
+
     Raises:
-        ObjectiveError: unknown data set, or no mirror gave a file with the right checksum.
+        ObjectiveError: unknown data set, or the directory cannot be created.
+        DownloadError: no mirror gave a file with the right checksum (exit 3, like a network
+            failure).
     """
     spec = spec or _spec(name)
     bases = mirrors or spec.mirrors
     directory = root / spec.name
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ObjectiveError(
             f"cannot create {directory}: {exc.strerror}: pick another --dir"
         ) from None
+    try:
+        _fetch_files(spec, directory, bases, timeout, progress)
+    except DownloadError:
+        for made in created:  # deepest first; stops at the first one holding something
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
+    return directory
+
+
+def _fetch_files(
+    spec: DatasetSpec,
+    directory: Path,
+    bases: tuple[str, ...],
+    timeout: float,
+    progress: Callable[[str], None],
+) -> None:
     for filename, expected in spec.files.items():
         target = directory / filename
         if target.is_file() and _md5(target) == expected:
@@ -323,9 +347,8 @@ def fetch_dataset(
             finally:
                 tmp.unlink(missing_ok=True)
         else:
-            raise ObjectiveError(
+            raise DownloadError(
                 f"could not fetch {filename} for '{spec.name}' ({'; '.join(problems)}): check "
                 "the network, or copy the files into "
                 f"{directory} yourself (or give --mirror URL)"
             )
-    return directory
