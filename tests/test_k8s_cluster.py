@@ -524,7 +524,7 @@ def test_apply_reads_the_server_version_and_leaves_out_what_it_does_not_know(
 ) -> None:
     monkeypatch.setenv("TUNEFLEET_STORAGE", URL)
     cluster.version = "1.20"
-    code, out, err = run_cli(capsys, *APPLY)
+    code, _, err = run_cli(capsys, *APPLY)
     assert code == 0, err
     (job,) = cluster.sent("apply", "Job")
     assert "podFailurePolicy" not in job["spec"]
