@@ -127,10 +127,6 @@ EOF
     done
     cd "$REPO"
   fi
-  if [ ! -x "$CACHE/pause/pause" ]; then
-    mkdir -p "$CACHE/pause"
-    gcc -Os -static -DVERSION=3.4.1 -o "$CACHE/pause/pause" "$CACHE/src/kubernetes-1.20.2/build/pause/linux/pause.c"
-  fi
 }
 
 start_bg() {
@@ -159,6 +155,10 @@ dockerd_up() {
 }
 
 images() {
+  if [ ! -x "$CACHE/pause/pause" ]; then # the pod sandbox's process, from the source's pause.c
+    mkdir -p "$CACHE/pause"
+    gcc -Os -static -DVERSION=3.4.1 -o "$CACHE/pause/pause" "$CACHE/src/kubernetes-1.20.2/build/pause/linux/pause.c"
+  fi
   dockerd_up
   docker image inspect local/pause:3.4.1 >/dev/null 2>&1 \
     || tar -C "$CACHE/pause" -c pause | docker import -c 'ENTRYPOINT ["/pause"]' - local/pause:3.4.1 >/dev/null
