@@ -186,7 +186,7 @@ def test_a_fleet_survives_deleted_and_evicted_pods_and_cleans_up_after_itself(
         "k8s", "apply", *OBJECTIVE, "--study", study, "--n-trials", str(N_TRIALS),
         "--workers", str(WORKERS), "--image", IMAGE, "--pull-policy", "Never",
         "--cpu", CPU, "--memory", "768Mi", "--termination-grace", "20",
-        "--ttl", "40", "--env-file", str(env_file),
+        "--ttl", "60", "--env-file", str(env_file),
     ]  # fmt: skip
     applied = cli(*apply_args)
     assert applied.returncode == 0, applied.stderr
@@ -250,9 +250,10 @@ def test_a_fleet_survives_deleted_and_evicted_pods_and_cleans_up_after_itself(
             timeout=600,
             every=3,
         )
-        assert k8s_state(cluster, study) == "Complete", cli(
-            "k8s", "status", "--study", study
-        ).stdout
+        # Read before the TTL (60 s) removes the Job.
+        status = cli("k8s", "status", "--study", study)
+        assert "Complete" in status.stdout, status.stdout + status.stderr
+        assert f"{N_TRIALS} of {N_TRIALS} counted" in status.stdout, status.stdout
         assert follow.wait(timeout=120) == 0
         assert local.wait(timeout=120) == 0, local_log.read_text()
     finally:
@@ -273,8 +274,6 @@ def test_a_fleet_survives_deleted_and_evicted_pods_and_cleans_up_after_itself(
     logs = (tmp_path / "follow.log").read_text()
     assert "handed back: re-queued with the same parameters" in logs
     assert f"[{deleted}]" in logs and f"[{evicted}]" in logs
-    status = cli("k8s", "status", "--study", study)
-    assert "Complete" in status.stdout and f"{N_TRIALS} of {N_TRIALS} counted" in status.stdout
 
     # The TTL controller removes the finished Job, its pods and (owned) its Secret.
     wait_until("the TTL clean-up", lambda: not leftovers(cluster, study), timeout=240, every=3)
