@@ -699,6 +699,26 @@ def test_adapter_applies_server_side_in_the_context_namespace(kubeconfig: str) -
     assert json.loads(request.content)["metadata"]["namespace"] == "tuning"
 
 
+def test_adapter_reads_the_server_version_and_lists_events_by_field(kubeconfig: str) -> None:
+    events = "/api/v1/namespaces/tuning/events"
+    server = ApiServer(
+        {
+            ("GET", "/version"): (200, {"major": "1", "minor": "20", "gitVersion": "v1.20.2"}),
+            ("GET", events): (200, {"kind": "EventList", "apiVersion": "v1", "items": []}),
+        }
+    )
+    cluster = _adapter(kubeconfig, server)
+    assert cluster.server_version() == (1, 20)
+    assert cluster.list("Event", {}, fields={"involvedObject.uid": "u-1"}) == []
+    assert server.requests[-1].url.params["fieldSelector"] == "involvedObject.uid=u-1"
+    # GKE and EKS say minor "29+": the digits count.
+    server.answers[("GET", "/version")] = (200, {"major": "1", "minor": "29+"})
+    assert cluster.server_version() == (1, 29)
+    server.answers[("GET", "/version")] = (200, {"gitVersion": "nonsense"})
+    with pytest.raises(ClusterError, match="sent no Kubernetes version"):
+        cluster.server_version()
+
+
 def test_adapter_gets_lists_deletes_and_streams_logs(kubeconfig: str) -> None:
     base = "/api/v1/namespaces/ml"
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w-1"}}
