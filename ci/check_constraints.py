@@ -55,14 +55,18 @@ def pins(python: str) -> dict[str, str]:
 def available(name: str, version: str, python: str) -> str | None:
     """None if ``name==version`` has a wheel for ``python``, else what is there."""
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
-    out = subprocess.run(
-        [*PIP, "index", "versions", name, "--python-version", python, "--only-binary=:all:",
-         *platforms],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout  # fmt: skip
-    listed = next((line for line in out.splitlines() if "Available versions" in line), "")
+    listed = ""
+    for _ in range(3):  # an empty answer may be the network: ask again
+        out = subprocess.run(
+            [*PIP, "index", "versions", name, "--python-version", python, "--only-binary=:all:",
+             *platforms],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout  # fmt: skip
+        listed = next((line for line in out.splitlines() if "Available versions" in line), "")
+        if listed:
+            break
     versions = [v.strip() for v in listed.partition(":")[2].split(",")]
     return None if version in versions else (versions[0] if versions[0] else "none")
 
