@@ -3,12 +3,14 @@
 records every request so tests can assert what was sent.
 
 It keeps only the API rules tunefleet relies on: server-side apply creates or merges, a Job's pod
-template cannot change once created, deleting a Job deletes its pods (background propagation).
+template cannot change once created, deleting a Job deletes its pods and every object it owns
+(``ownerReferences``, the garbage collector), Events are selected by ``involvedObject.uid``.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -17,8 +19,12 @@ from tunefleet.kubernetes import ClusterError
 
 
 class FakeCluster:
-    def __init__(self, namespace: str = "default", context: str = "fake-context") -> None:
+    def __init__(
+        self, namespace: str = "default", context: str = "fake-context", version: str = "1.31"
+    ) -> None:
         self._namespace = namespace
+        self.version = version  # what GET /version answers, "major.minor"
+        self._uids = itertools.count(1)
         self._context = context
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str, str, dict[str, Any] | None]] = []
@@ -50,8 +56,11 @@ class FakeCluster:
                 )
             stored["spec"].update(body["spec"])
             return copy.deepcopy(stored)
+        if stored is not None:  # server-side apply: the object keeps its identity
+            body["metadata"]["uid"] = stored["metadata"]["uid"]
         body["metadata"].setdefault("namespace", self._namespace)
         body["metadata"].setdefault("creationTimestamp", "2026-11-01T10:00:00Z")
+        body["metadata"].setdefault("uid", f"uid-{next(self._uids)}")
         if kind == "Job":
             body.setdefault("status", {})
         self.objects[(kind, name)] = body
@@ -62,14 +71,18 @@ class FakeCluster:
         found = self.objects.get((kind, name))
         return copy.deepcopy(found) if found is not None else None
 
-    def list(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        self._record("list", kind, "", dict(labels))
+    def list(
+        self, kind: str, labels: Mapping[str, str], fields: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        self._record("list", kind, "", {**labels, **(fields or {})})
         if kind == "Pod" and self.before_list_pods is not None:
             self.before_list_pods(self)
         return [
             copy.deepcopy(o)
             for (k, _), o in sorted(self.objects.items())
-            if k == kind and labels.items() <= o["metadata"].get("labels", {}).items()
+            if k == kind
+            and labels.items() <= o["metadata"].get("labels", {}).items()
+            and all(_field(o, path) == value for path, value in (fields or {}).items())
         ]
 
     def delete(self, kind: str, name: str) -> bool:
@@ -77,14 +90,22 @@ class FakeCluster:
         found = self.objects.pop((kind, name), None)
         if found is not None and kind == "Job":
             study = found["metadata"]["labels"]["tunefleet.io/study"]
-            for key, pod in list(self.objects.items()):
-                if key[0] == "Pod" and pod["metadata"]["labels"].get("tunefleet.io/study") == study:
+            uid = found["metadata"]["uid"]
+            for key, obj in list(self.objects.items()):
+                labels = obj["metadata"].get("labels", {})
+                owners = {o.get("uid") for o in obj["metadata"].get("ownerReferences", [])}
+                if (key[0] == "Pod" and labels.get("tunefleet.io/study") == study) or uid in owners:
                     del self.objects[key]
         return found is not None
 
     def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
         self._record("logs", "Pod", pod, {"follow": follow})
         yield from self.pod_logs.get(pod, [])
+
+    def server_version(self) -> tuple[int, int]:
+        self._record("get", "Version", "", None)
+        major, minor = self.version.split(".")[:2]
+        return int(major), int(minor)
 
     # --- test helpers -------------------------------------------------------------------------
 
@@ -137,4 +158,24 @@ class FakeCluster:
             },
         }
         self.objects[("Pod", name)] = pod
+        self.add_event(job, "SuccessfulCreate", f"Created pod: {name}")
         return pod
+
+    def add_event(self, job: Mapping[str, Any], reason: str, message: str) -> None:
+        """An Event about ``job``, as the Job controller records one."""
+        name = f"{job['metadata']['name']}.{len(self.objects)}"
+        stored = self.objects[("Job", job["metadata"]["name"])]
+        self.objects[("Event", name)] = {
+            "metadata": {"name": name, "namespace": self._namespace},
+            "involvedObject": {"kind": "Job", "uid": stored["metadata"]["uid"]},
+            "reason": reason,
+            "message": message,
+        }
+
+
+def _field(obj: Mapping[str, Any], path: str) -> Any:
+    """The value at a field selector's dotted path, e.g. ``involvedObject.uid``."""
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value

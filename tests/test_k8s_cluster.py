@@ -80,9 +80,19 @@ def test_apply_sends_the_secret_then_the_job_and_says_what_next(
     code, out, err = run_cli(capsys, *APPLY)
     assert code == 0, err
     applied = [(k, n) for v, k, n, _ in cluster.requests if v == "apply"]
-    assert applied == [("Secret", "tunefleet-iris-storage"), ("Job", "tunefleet-iris")]
-    (secret,) = cluster.sent("apply", "Secret")
-    assert base64.b64decode(secret["data"]["TUNEFLEET_STORAGE"]).decode() == URL
+    # The Secret first (the pods need it), then again owned by the Job once it has a uid.
+    assert applied == [
+        ("Secret", "tunefleet-iris-storage"),
+        ("Job", "tunefleet-iris"),
+        ("Secret", "tunefleet-iris-storage"),
+    ]
+    first, owned = cluster.sent("apply", "Secret")
+    assert base64.b64decode(first["data"]["TUNEFLEET_STORAGE"]).decode() == URL
+    assert "ownerReferences" not in first["metadata"]
+    uid = cluster.objects[("Job", "tunefleet-iris")]["metadata"]["uid"]
+    assert owned["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "tunefleet-iris", "uid": uid}
+    ]
     (job,) = cluster.sent("apply", "Job")
     assert job["metadata"]["namespace"] == "tuning"
     assert job["spec"]["parallelism"] == 3
@@ -99,7 +109,7 @@ def test_apply_reads_the_url_from_an_env_file(
     env_file.write_text(f"# Neon\nexport DATABASE_URL='{URL}'\nOTHER=1\n")
     code, out, err = run_cli(capsys, *APPLY, "--env-file", str(env_file))
     assert code == 0, err
-    (secret,) = cluster.sent("apply", "Secret")
+    secret = cluster.sent("apply", "Secret")[-1]
     assert base64.b64decode(secret["data"]["TUNEFLEET_STORAGE"]).decode() == URL
     _no_password_anywhere(cluster, out, err)
 
@@ -196,7 +206,7 @@ def test_namespace_and_context_reach_the_connection(
 
 
 def _fleet(cluster: FakeCluster, url: str, **spec: Any) -> dict[str, Any]:
-    """A Job and its Secret, as `apply` leaves them."""
+    """A Job and its Secret, as an older `apply` left them (the Secret has no owner)."""
     spec = {"objective": "sklearn-iris", "study": "iris", "workers": 3, **spec}
     job = job_manifest(StudySpec(**spec), FleetOptions(image=IMAGE))
     cluster.apply(k8s.secret_manifest(spec["study"], FleetOptions(), url))
@@ -242,6 +252,7 @@ def test_status_shows_pods_and_the_study_side_by_side(
         "active": 2,
         "succeeded": 0,
         "failed": 1,
+        "restarts": 1,  # four pods for three workers: one was a replacement
         "backoff_limit": 9,
     }
     pods = {p["name"]: p for p in status["pods"]}
@@ -452,7 +463,7 @@ def test_delete_removes_the_job_and_its_pods_but_keeps_the_secret(
     assert [(v, k, n) for v, k, n, _ in cluster.requests if v == "delete"] == [
         ("delete", "Job", "tunefleet-iris")
     ]
-    assert [k for k, _ in cluster.objects] == ["Secret"]
+    assert [k for k, _ in cluster.objects if k != "Event"] == ["Secret"]  # Events expire
     assert "deleted job/tunefleet-iris" in out and "study iris stays in the database" in out
 
 
@@ -464,6 +475,166 @@ def test_delete_with_secret_removes_the_secret_too(
     assert code == 0
     assert cluster.objects == {}
     assert "job/tunefleet-iris, secret/tunefleet-iris-storage" in out
+
+
+def test_the_secret_apply_made_goes_with_its_job(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNEFLEET_STORAGE", URL)
+    assert run_cli(capsys, *APPLY)[0] == 0
+    # A second apply (scaling) sends the Secret with its owner at once: it never loses it.
+    assert run_cli(capsys, *APPLY[:-1], "4")[0] == 0
+    assert all("ownerReferences" in s["metadata"] for s in cluster.sent("apply", "Secret")[2:])
+    # Deleting the Job, as `k8s delete` or the TTL controller does: the garbage collector
+    # removes what it owns, the Secret included.
+    cluster.delete("Job", "tunefleet-iris")
+    assert cluster.objects == {}
+
+
+def test_delete_with_secret_works_after_the_job_is_gone(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fleet(cluster, URL)
+    cluster.delete("Job", "tunefleet-iris")  # the TTL controller, or an earlier `k8s delete`
+    code, out, err = run_cli(capsys, "k8s", "delete", "--study", "iris", "--with-secret")
+    assert code == 0, err
+    assert cluster.objects == {}
+    assert "deleted secret/tunefleet-iris-storage" in out
+    # Nothing left: one line, exit 4.
+    code, out, err = run_cli(capsys, "k8s", "delete", "--study", "iris", "--with-secret")
+    assert code == 4
+    assert err.startswith("error: no fleet and no storage Secret for study 'iris'")
+    # Without --with-secret a missing Job is still an error.
+    code, _, err = run_cli(capsys, "k8s", "delete", "--study", "iris")
+    assert code == 4 and "no fleet for study 'iris'" in err
+
+
+def test_delete_with_secret_leaves_other_studies_secrets(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fleet(cluster, URL)
+    cluster.apply(k8s.secret_manifest("Iris", FleetOptions(), URL))  # another study
+    cluster.delete("Job", "tunefleet-iris")
+    assert run_cli(capsys, "k8s", "delete", "--study", "iris", "--with-secret")[0] == 0
+    assert [n for _, n in cluster.objects] == [k8s.secret_name("Iris", FleetOptions())]
+
+
+def test_apply_reads_the_server_version_and_leaves_out_what_it_does_not_know(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNEFLEET_STORAGE", URL)
+    cluster.version = "1.20"
+    code, _, err = run_cli(capsys, *APPLY)
+    assert code == 0, err
+    (job,) = cluster.sent("apply", "Job")
+    assert "podFailurePolicy" not in job["spec"]
+    assert job["spec"]["backoffLimit"] == 2 * 3 * 3  # interruptions count too: twice the default
+    assert err.count("warning:") == 1
+    assert "Kubernetes 1.20 has no podFailurePolicy" in err and "backoffLimit" in err
+    cluster.objects.clear()
+    cluster.version = "1.26"
+    code, _, err = run_cli(capsys, *APPLY)
+    assert code == 0 and "warning" not in err
+    assert cluster.sent("apply", "Job")[-1]["spec"]["backoffLimit"] == 9
+    assert "podFailurePolicy" in cluster.sent("apply", "Job")[-1]["spec"]
+
+
+def test_status_watch_says_so_when_the_job_disappears(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _fleet(cluster, URL)
+    cluster.add_pod(job, "tunefleet-iris-aaaaa")
+    cluster.refuse[("get", "Secret")] = "forbidden"
+    gets = []
+    real_get = cluster.get
+
+    def get(kind: str, name: str) -> dict[str, Any] | None:
+        if kind == "Job":
+            gets.append(name)
+            if len(gets) == 3:
+                cluster.delete("Job", name)
+        return real_get(kind, name)
+
+    monkeypatch.setattr(cluster, "get", get)
+    code, out, _ = run_cli(capsys, "k8s", "status", "--watch", "--interval", "0.01")
+    assert code == 0
+    last = out.strip().splitlines()[-1]
+    assert "job tunefleet-iris is gone from namespace 'tuning'" in " ".join(out.split())
+    assert "stays in the database" in last
+
+
+def test_status_json_watch_streams_a_line_per_refresh(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fleet(cluster, URL)
+    cluster.refuse[("get", "Secret")] = "forbidden"
+    gets = []
+    real_get = cluster.get
+
+    def get(kind: str, name: str) -> dict[str, Any] | None:
+        if kind == "Job":
+            gets.append(name)
+            if len(gets) == 4:
+                _finish(cluster, "Complete")
+        return real_get(kind, name)
+
+    monkeypatch.setattr(cluster, "get", get)
+    code, out, _ = run_cli(capsys, "k8s", "status", "--json", "--watch", "--interval", "0.01")
+    assert code == 0
+    frames = [json.loads(line) for line in out.splitlines()]
+    states = [f["job"]["state"] for f in frames]
+    assert len(states) >= 3 and states[-1] == "Complete" and set(states[:-1]) == {"Running"}
+    # ... and a last line when the Job is deleted under the watch.
+    cluster.objects.clear()
+    _fleet(cluster, URL)
+    gets.clear()
+    monkeypatch.setattr(
+        cluster,
+        "get",
+        lambda kind, name: (
+            None if kind == "Job" and len(gets) > 0 else gets.append(1) or real_get(kind, name)
+        ),
+    )
+    code, out, _ = run_cli(capsys, "k8s", "status", "--json", "--watch", "--interval", "0.01")
+    assert code == 0
+    frames = [json.loads(line) for line in out.splitlines()]
+    assert frames[-1]["job"]["state"] == "Deleted" and "is gone" in frames[-1]["note"]
+
+
+def test_status_shows_why_a_pod_is_pending_and_counts_replaced_pods(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = _fleet(cluster, URL)
+    for name in ("tunefleet-iris-aaaaa", "tunefleet-iris-bbbbb", "tunefleet-iris-ccccc"):
+        cluster.add_pod(job, name)
+    # Two pods were deleted (gone from the list) and replaced; one replacement cannot be placed.
+    for name in ("tunefleet-iris-aaaaa", "tunefleet-iris-bbbbb"):
+        del cluster.objects[("Pod", name)]
+    cluster.add_pod(job, "tunefleet-iris-ddddd")
+    pending = cluster.add_pod(job, "tunefleet-iris-eeeee", phase="Pending")
+    pending["status"]["containerStatuses"] = []
+    pending["spec"]["nodeName"] = None
+    pending["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient cpu.",
+        }
+    ]
+    cluster.refuse[("get", "Secret")] = "forbidden"
+    code, out, _ = run_cli(capsys, "k8s", "status")
+    assert code == 0
+    assert "Pending (0/1 nodes are available: 1 Insufficient cpu.)" in out
+    assert "2 restarts" in out
+    code, out, _ = run_cli(capsys, "k8s", "status", "--json")
+    status = json.loads(out)
+    assert status["job"]["restarts"] == 2
+    assert "Insufficient cpu" in status["pods"][-1]["phase"]
+    # Without access to Events, the listed pods still count (none replaced among them).
+    cluster.refuse[("list", "Event")] = "forbidden"
+    code, out, _ = run_cli(capsys, "k8s", "status", "--json")
+    assert json.loads(out)["job"]["restarts"] == 0
 
 
 # --- the lightkube adapter, against a fake API server at the HTTP level -----------------------
@@ -526,6 +697,26 @@ def test_adapter_applies_server_side_in_the_context_namespace(kubeconfig: str) -
     assert dict(request.url.params) == {"fieldManager": "tunefleet", "force": "true"}
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     assert json.loads(request.content)["metadata"]["namespace"] == "tuning"
+
+
+def test_adapter_reads_the_server_version_and_lists_events_by_field(kubeconfig: str) -> None:
+    events = "/api/v1/namespaces/tuning/events"
+    server = ApiServer(
+        {
+            ("GET", "/version"): (200, {"major": "1", "minor": "20", "gitVersion": "v1.20.2"}),
+            ("GET", events): (200, {"kind": "EventList", "apiVersion": "v1", "items": []}),
+        }
+    )
+    cluster = _adapter(kubeconfig, server)
+    assert cluster.server_version() == (1, 20)
+    assert cluster.list("Event", {}, fields={"involvedObject.uid": "u-1"}) == []
+    assert server.requests[-1].url.params["fieldSelector"] == "involvedObject.uid=u-1"
+    # GKE and EKS say minor "29+": the digits count.
+    server.answers[("GET", "/version")] = (200, {"major": "1", "minor": "29+"})
+    assert cluster.server_version() == (1, 29)
+    server.answers[("GET", "/version")] = (200, {"gitVersion": "nonsense"})
+    with pytest.raises(ClusterError, match="sent no Kubernetes version"):
+        cluster.server_version()
 
 
 def test_adapter_gets_lists_deletes_and_streams_logs(kubeconfig: str) -> None:

@@ -517,3 +517,40 @@ def test_without_the_extra_cluster_commands_name_it(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert 'pip install "tunefleet[kubernetes]"' in result.stderr
+
+
+def test_render_for_an_older_server_leaves_out_what_it_does_not_know(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Server-side apply refuses unknown fields; kubernetes-validate --strict does the same with
+    # 1.25's schema (the oldest it ships), which has no podFailurePolicy.
+    args = ["k8s", "render", "sklearn-iris", "--study", "iris", "--image", "tunefleet:1"]
+    args += ["--workers", "2"]
+    results = {}
+    for version in (None, "1.25", "v1.20.2"):
+        extra = ["--kube-version", version] if version else []
+        code, out, err = run_cli(capsys, *args, *extra)
+        assert code == 0, err
+        job = next(d for d in yaml.safe_load_all(out) if d)
+        path = tmp_path / f"{version}.yaml"
+        path.write_text(out)
+        checked = subprocess.run(
+            [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.25.0", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        results[version] = (job["spec"], err, checked.returncode)
+    newest, _, refused = results[None]
+    assert "podFailurePolicy" in newest and newest["backoffLimit"] == 6 and refused != 0
+    for version in ("1.25", "v1.20.2"):
+        spec, err, code = results[version]
+        assert code == 0
+        assert "podFailurePolicy" not in spec and spec["backoffLimit"] == 12
+        assert err.count("warning:") == 1
+        assert "has no podFailurePolicy (1.26+)" in err and "count toward backoffLimit" in err
+    # An explicit --backoff-limit is kept as given; a bad version is one line.
+    code, out, _ = run_cli(capsys, *args, "--kube-version", "1.20", "--backoff-limit", "5")
+    assert "backoffLimit: 5" in out
+    code, _, err = run_cli(capsys, *args, "--kube-version", "latest")
+    assert code == 2 and err.startswith("error: invalid --kube-version: 'latest'")

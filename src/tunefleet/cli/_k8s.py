@@ -180,11 +180,17 @@ def k8s() -> None:
 @k8s.command()
 @_spec_options
 @_fleet_options
+@click.option(
+    "--kube-version",
+    metavar="X.Y",
+    help="Render for this Kubernetes version: below 1.26, no podFailurePolicy [the newest].",
+)
 def render(
     objective: str | None,
     config_path: str | None,
     objective_args: tuple[str, ...],
     directions: tuple[str, ...],
+    kube_version: str | None,
     **flags: Any,
 ) -> int:
     """Print the Job's YAML; touch no cluster. The Job reads the storage URL from a Secret.
@@ -201,7 +207,9 @@ def render(
     spec, options = _build(
         objective, config_path, objective_args, directions, fleet_flags, study_flags
     )
-    job = k8s_api.job_manifest(spec, options)
+    version = k8s_api.parse_kube_version(kube_version) if kube_version else None
+    job = k8s_api.job_manifest(spec, options, version)
+    _warn_old_server(job, version)
     study = k8s_api.study_name(spec)
     secret = k8s_api.secret_name(study, options)
     header = (
@@ -286,6 +294,10 @@ def apply(
         return 0
 
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=options.namespace)
+    # Server-side apply refuses fields the server does not know (podFailurePolicy before 1.26).
+    version = cluster.server_version()
+    job = k8s_api.job_manifest(spec, options, version)
+    _warn_old_server(job, version)
     job["metadata"]["namespace"] = cluster.namespace
     secret = None
     if url is not None:
@@ -312,6 +324,14 @@ def apply(
     ):
         out.print(f"  {command}", markup=False)
     return 0
+
+
+def _warn_old_server(job: dict[str, Any], version: tuple[int, int] | None) -> None:
+    from tunefleet import kubernetes as k8s_api
+
+    note = k8s_api.kube_version_note(job, version)
+    if note:
+        click.echo(f"warning: {note}", err=True)
 
 
 def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -> str:
@@ -366,23 +386,71 @@ def status(
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
     job = fleet.find_job(cluster, study)
     urls = fleet.progress_urls(cluster, job, env_file)
-    if output != "table":
+    if output != "table" and not watch:
         emit(_status_json(cluster, job, urls, db_wait), output)
         return 0
     console = Console(highlight=False)
     if not watch:
         console.print(_status_view(cluster, job, urls, db_wait))
         return 0
-    view = _status_view(cluster, job, urls, db_wait)
-    with Live(view, console=console, auto_refresh=False) as live:
-        while fleet.job_state(job)[0] not in ("Complete", "Failed"):
-            time.sleep(interval)
-            refreshed = cluster.get("Job", job["metadata"]["name"])
-            if refreshed is None:
-                break
-            job = refreshed
-            live.update(_status_view(cluster, job, urls, db_wait), refresh=True)
+    gone = _gone_line(job, cluster.namespace)
+    try:
+        if output != "table":  # a document per refresh, as the local `status -o json --watch`
+            current: dict[str, Any] | None = job
+            while current is not None:
+                emit(_status_json(cluster, current, urls, db_wait), output)
+                if fleet.job_state(current)[0] in ("Complete", "Failed"):
+                    return 0
+                time.sleep(interval)
+                current = cluster.get("Job", job["metadata"]["name"])
+            emit(_gone_json(cluster, job, gone), output)
+            return 0
+        with Live(
+            _status_view(cluster, job, urls, db_wait), console=console, auto_refresh=False
+        ) as live:
+            while fleet.job_state(job)[0] not in ("Complete", "Failed"):
+                time.sleep(interval)
+                refreshed = cluster.get("Job", job["metadata"]["name"])
+                if refreshed is None:
+                    break
+                job = refreshed
+                live.update(_status_view(cluster, job, urls, db_wait), refresh=True)
+            else:
+                return 0
+        # The last frame would still say "Running": say plainly that the Job is gone.
+        console.print(gone, markup=False)
+    except KeyboardInterrupt:
+        return 130
     return 0
+
+
+def _gone_line(job: dict[str, Any], namespace: str) -> str:
+    from tunefleet.kubernetes import _fleet as fleet
+
+    return (
+        f"job {job['metadata']['name']} is gone from namespace '{namespace}' (deleted, or removed "
+        f"after its TTL): its pods stop and hand their trials back; study {fleet.study_of(job)} "
+        "stays in the database"
+    )
+
+
+def _gone_json(cluster: Cluster, job: dict[str, Any], line: str) -> dict[str, Any]:
+    return {
+        "job": {
+            "name": job["metadata"]["name"],
+            "namespace": cluster.namespace,
+            "state": "Deleted",
+            "message": line,
+            "active": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "restarts": 0,
+            "backoff_limit": job["spec"].get("backoffLimit"),
+        },
+        "pods": [],
+        "study": None,
+        "note": line,
+    }
 
 
 def _progress(
@@ -412,6 +480,7 @@ def _status_json(
     state, message = fleet.job_state(job)
     summary, note = _progress(urls, fleet.study_of(job), db_wait)
     status = job.get("status", {})
+    pods = fleet.worker_pods(cluster, job)
     return {
         "job": {
             "name": job["metadata"]["name"],
@@ -421,9 +490,10 @@ def _status_json(
             "active": status.get("active", 0),
             "succeeded": status.get("succeeded", 0),
             "failed": status.get("failed", 0),
+            "restarts": fleet.replaced_pods(cluster, job, pods),
             "backoff_limit": job["spec"].get("backoffLimit"),
         },
-        "pods": [p.to_json() for p in fleet.pod_rows(job, fleet.worker_pods(cluster, job))],
+        "pods": [p.to_json() for p in fleet.pod_rows(job, pods)],
         "study": summary.to_json() if summary else None,
         "note": note or None,
     }
@@ -445,24 +515,26 @@ def _status_view(
     head = Text()
     head.append(f"job {job['metadata']['name']}", style="bold")
     head.append(f"  study {study}  namespace {cluster.namespace} (context {cluster.context})\n")
+    pod_list = fleet.worker_pods(cluster, job)
     head.append(
         f"{state}: {status.get('active', 0)} active, {status.get('succeeded', 0)} succeeded, "
-        f"{status.get('failed', 0)} failed (backoffLimit {job['spec'].get('backoffLimit')})",
+        f"{status.get('failed', 0)} failed, {fleet.replaced_pods(cluster, job, pod_list)} "
+        f"restarts (backoffLimit {job['spec'].get('backoffLimit')})",
         style={"Complete": "green", "Failed": "red"}.get(state, ""),
     )
     if message:
         head.append(f"\n{message}")
 
     pods = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("POD", "PHASE", "RESTARTS", "NODE", "AGE", "LAST EXIT"):
+    # No RESTARTS column: with restartPolicy Never a pod never restarts in place; replacements
+    # are new pods, counted in the line above.
+    for column in ("POD", "PHASE", "NODE", "AGE", "LAST EXIT"):
         pods.add_column(column, no_wrap=column == "POD")
-    rows = fleet.pod_rows(job, fleet.worker_pods(cluster, job))
+    rows = fleet.pod_rows(job, pod_list)
     for row in rows:
-        pods.add_row(
-            row.name, row.phase, str(row.restarts), row.node, _duration(row.age_s), row.exit
-        )
+        pods.add_row(row.name, row.phase, row.node, _duration(row.age_s), row.exit)
     if not rows:
-        pods.add_row("(no pods yet)", "", "", "", "", "")
+        pods.add_row("(no pods yet)", "", "", "", "")
 
     summary, note = _progress(urls, study, db_wait)
     progress = Table.grid(padding=(0, 2))
@@ -563,12 +635,25 @@ def delete(
     from rich.console import Console
 
     from tunefleet import kubernetes as k8s_api
+    from tunefleet.kubernetes import ClusterError
     from tunefleet.kubernetes import _fleet as fleet
 
     cluster = k8s_api.connect(kubeconfig=kubeconfig, context=context, namespace=namespace)
-    job = fleet.find_job(cluster, study)
-    deleted = fleet.delete_fleet(cluster, job, with_secret)
-    name = fleet.study_of(job)
+    try:
+        job: dict[str, Any] | None = fleet.find_job(cluster, study)
+    except ClusterError:
+        # The Job is gone (deleted before, or by its TTL): its Secret may still be there.
+        if not (with_secret and study):
+            raise
+        job = None
+    name = fleet.study_of(job) if job is not None else str(study)
+    deleted = fleet.delete_fleet(cluster, job, with_secret, name)
+    if job is None and not deleted:
+        raise ClusterError(
+            f"no fleet and no storage Secret for study '{name}' in namespace "
+            f"'{cluster.namespace}' (context '{cluster.context}'): nothing to delete; pick the "
+            "right --namespace/--context"
+        )
     out = Console(highlight=False)
     out.print(
         f"deleted {', '.join(deleted) or 'nothing'} from namespace '{cluster.namespace}'",

@@ -8,7 +8,8 @@
 
 Every object carries the labels ``tunefleet.io/study`` (a DNS-safe form of the study name; the
 exact name is the annotation ``tunefleet.io/study-name``) and ``tunefleet.io/component``
-(``worker`` for the Job and its pods, ``storage`` for the Secret).
+(``worker`` for the Job and its pods, ``storage`` for the Secret). A Secret that ``apply`` made
+is owned by its Job (``ownerReferences``), so deleting the Job or its TTL removes it too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from tunefleet.kubernetes._manifests import (
     failure_action,
     job_manifest,
     job_name,
+    kube_version_note,
+    owner_reference,
+    parse_kube_version,
     secret_manifest,
     secret_name,
     study_label,
@@ -42,7 +46,10 @@ __all__ = [
     "failure_action",
     "job_manifest",
     "job_name",
+    "kube_version_note",
     "options_from_config",
+    "owner_reference",
+    "parse_kube_version",
     "secret_manifest",
     "secret_name",
     "study_label",

@@ -1,6 +1,6 @@
 """The one seam to a Kubernetes API server: :class:`Cluster`, and its lightkube implementation.
 
-Everything ``tunefleet k8s`` does to a cluster goes through the five methods of
+Everything ``tunefleet k8s`` does to a cluster goes through the six methods of
 :class:`Cluster`, in the API's own JSON shapes (plain dicts), so the commands can be tested with a
 small in-memory fake and the client library stays replaceable. Errors from the client are turned
 into one-line :class:`ClusterError` messages here, at the boundary.
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["KINDS", "Cluster", "ClusterError", "connect"]
 
 #: The kinds tunefleet reads or writes.
-KINDS = ("Job", "Pod", "Secret")
+KINDS = ("Job", "Pod", "Secret", "Event")
 FIELD_MANAGER = "tunefleet"
 
 
@@ -57,8 +57,11 @@ class Cluster(Protocol):
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None: ...
 
-    def list(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Objects whose labels include all of ``labels``."""
+    def list(
+        self, kind: str, labels: Mapping[str, str], fields: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects whose labels include all of ``labels`` (and whose ``fields`` match: a field
+        selector, e.g. ``{"involvedObject.uid": ...}`` for Events)."""
         ...
 
     def delete(self, kind: str, name: str) -> bool:
@@ -67,6 +70,10 @@ class Cluster(Protocol):
 
     def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
         """The worker container's log lines (without newlines); ``follow`` streams until it ends."""
+        ...
+
+    def server_version(self) -> tuple[int, int]:
+        """The API server's ``(major, minor)`` Kubernetes version (``GET /version``)."""
         ...
 
 
@@ -107,9 +114,9 @@ class _LightkubeCluster:
         lk = _import_lightkube()
         import httpx2
         from lightkube.resources.batch_v1 import Job
-        from lightkube.resources.core_v1 import Pod, Secret
+        from lightkube.resources.core_v1 import Event, Pod, Secret
 
-        self._resources: dict[str, Any] = {"Job": Job, "Pod": Pod, "Secret": Secret}
+        self._resources: dict[str, Any] = {"Job": Job, "Pod": Pod, "Secret": Secret, "Event": Event}
         self._api_error: type[lightkube.ApiError] = lk.ApiError
         # ApiError is an httpx2.HTTPStatusError: both are caught as HTTPError, then told apart.
         self._errors: tuple[type[Exception], ...] = (httpx2.HTTPError,)
@@ -181,10 +188,15 @@ class _LightkubeCluster:
             raise self._error(exc, "get", kind, name) from None
         return dict(found.to_dict())
 
-    def list(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    def list(
+        self, kind: str, labels: Mapping[str, str], fields: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         try:
             found = self._client.list(
-                self._resources[kind], namespace=self._namespace, labels=dict(labels)
+                self._resources[kind],
+                namespace=self._namespace,
+                labels=dict(labels),
+                fields=dict(fields) if fields else None,
             )
             return [dict(o.to_dict()) for o in found]
         except self._errors as exc:
@@ -218,6 +230,27 @@ class _LightkubeCluster:
             yield from lines
         except self._errors as exc:
             raise self._error(exc, "read the log of", "Pod", pod) from None
+
+    def server_version(self) -> tuple[int, int]:
+        from tunefleet.kubernetes._manifests import parse_kube_version
+
+        try:
+            # lightkube has no call for /version: its httpx client (base URL, auth) does.
+            response = self._client._client._client.get("/version")
+            response.raise_for_status()
+            info = response.json()
+        except self._errors as exc:
+            raise self._error(exc, "read the version of", "", "") from None
+        except ValueError:
+            raise ClusterError(f"the API at {self._server} sent no Kubernetes version") from None
+        major = str(info.get("major", "")).rstrip("+")
+        minor = str(info.get("minor", "")).rstrip("+")
+        if major.isdigit() and minor.isdigit():
+            return int(major), int(minor)
+        try:
+            return parse_kube_version(str(info.get("gitVersion", "")))
+        except ConfigError:
+            raise ClusterError(f"the API at {self._server} sent no Kubernetes version") from None
 
     def _not_found(self, exc: BaseException) -> bool:
         return isinstance(exc, self._api_error) and exc.status.code == 404

@@ -33,6 +33,8 @@ from tunefleet.kubernetes._manifests import (
     MANAGED_BY,
     failure_action,
     job_name,
+    owner_reference,
+    study_label,
 )
 from tunefleet.storage import STORAGE_ENV_VARS, display_url, parse_storage_url
 from tunefleet.storage.read import DEFAULT_READ_WAIT_S, open_reader
@@ -43,11 +45,13 @@ __all__ = [
     "apply_fleet",
     "delete_fleet",
     "find_job",
+    "find_secrets",
     "job_state",
     "pod_rows",
     "pod_storage_url",
     "progress_urls",
     "read_env_file",
+    "replaced_pods",
     "storage_from_secret",
     "stream_logs",
     "study_of",
@@ -173,6 +177,10 @@ def _first_url(values: Mapping[str, str]) -> str | None:
 def apply_fleet(cluster: Cluster, job: Mapping[str, Any], secret: Mapping[str, Any] | None) -> str:
     """Create or update the Secret (if given) and the Job; return "created" or "updated".
 
+    A Secret made here is owned by the Job (``ownerReferences``): deleting the Job, or its TTL,
+    removes the password with it. It is sent first (the pods need it) and again with the owner
+    once the Job has a ``uid``. A Secret the user made (no URL given) is never given an owner.
+
     Raises:
         ClusterError: the Job already finished, the Secret is missing, or the API refused.
     """
@@ -189,7 +197,7 @@ def apply_fleet(cluster: Cluster, job: Mapping[str, Any], secret: Mapping[str, A
             )
     secret_ref = _secret_ref(job)
     if secret is not None:
-        cluster.apply(secret)
+        cluster.apply(_owned(secret, existing))
     elif secret_ref and cluster.get("Secret", secret_ref) is None:
         raise ClusterError(
             f"no storage URL for the pods: Secret {secret_ref} does not exist in namespace "
@@ -197,7 +205,7 @@ def apply_fleet(cluster: Cluster, job: Mapping[str, Any], secret: Mapping[str, A
             "TUNEFLEET_STORAGE"
         )
     try:
-        cluster.apply(job)
+        applied = cluster.apply(job)
     except ClusterError as exc:
         if existing is not None and "immutable" in str(exc):
             raise ClusterError(
@@ -206,7 +214,16 @@ def apply_fleet(cluster: Cluster, job: Mapping[str, Any], secret: Mapping[str, A
                 "are handed back; the study stays)"
             ) from None
         raise
+    if secret is not None and existing is None:
+        cluster.apply(_owned(secret, applied))
     return "created" if existing is None else "updated"
+
+
+def _owned(secret: Mapping[str, Any], job: Mapping[str, Any] | None) -> dict[str, Any]:
+    body = dict(secret)
+    if job is not None and job.get("metadata", {}).get("uid"):
+        body["metadata"] = {**secret["metadata"], "ownerReferences": [owner_reference(job)]}
+    return body
 
 
 # --- finding a fleet ------------------------------------------------------------------------
@@ -241,6 +258,17 @@ def find_job(cluster: Cluster, study: str | None) -> dict[str, Any]:
             f"{len(jobs)} fleets in {where} (studies {', '.join(names)}): pick one with --study"
         )
     return jobs[0]
+
+
+def find_secrets(cluster: Cluster, study: str) -> list[dict[str, Any]]:
+    """The storage Secrets ``apply`` made for ``study``, found by label: they outlive a Job
+    deleted by an older tunefleet, and a ``--secret`` name is found without its Job."""
+    selector = {**MANAGED_BY, LABEL_STUDY: study_label(study), LABEL_COMPONENT: "storage"}
+    return [
+        s
+        for s in cluster.list("Secret", selector)
+        if s["metadata"].get("annotations", {}).get(ANNOTATION_STUDY, study) == study
+    ]
 
 
 def worker_pods(cluster: Cluster, job: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -321,10 +349,21 @@ def pod_rows(
             ),
             "",
         )
+        unschedulable = next(
+            (
+                c.get("message") or c.get("reason") or ""
+                for c in status.get("conditions", [])
+                if c.get("type") == "PodScheduled" and c.get("status") == "False"
+            ),
+            "",
+        )
         if meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed"):
             phase = "Terminating"
         elif waiting:
             phase = f"{phase} ({waiting})"
+        elif unschedulable and phase == "Pending":
+            # The scheduler's words, e.g. "0/3 nodes are available: 3 Insufficient cpu."
+            phase = f"Pending ({unschedulable.strip()})"
         exit_text = ""
         terminated = next(
             (c["state"]["terminated"] for c in containers if c.get("state", {}).get("terminated")),
@@ -351,6 +390,30 @@ def pod_rows(
             )
         )
     return rows
+
+
+def replaced_pods(
+    cluster: Cluster, job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
+) -> int:
+    """How many pods the Job created beyond its ``parallelism``: replacements of pods that were
+    deleted, evicted or failed. With ``restartPolicy: Never`` no container restarts in place, so
+    this is the fleet's restart count.
+
+    Counted from the Job controller's ``SuccessfulCreate`` events (kept about an hour by the API
+    server) together with the pods still listed, so it never counts less than those show.
+    """
+    created = {p["metadata"]["name"] for p in pods}
+    uid = job["metadata"].get("uid")
+    if uid:
+        try:
+            events = cluster.list("Event", {}, fields={"involvedObject.uid": uid})
+        except ClusterError:
+            events = []  # not allowed to read Events: the listed pods still count
+        for event in events:
+            message = event.get("message") or ""
+            if event.get("reason") == "SuccessfulCreate" and message.startswith("Created pod: "):
+                created.add(message.removeprefix("Created pod: ").strip())
+    return max(0, len(created) - int(job.get("spec", {}).get("parallelism") or 1))
 
 
 def study_progress(url: str, study: str, db_wait: float = DEFAULT_READ_WAIT_S) -> StudyStatus:
@@ -456,16 +519,25 @@ def stream_logs(
 # --- delete ---------------------------------------------------------------------------------
 
 
-def delete_fleet(cluster: Cluster, job: Mapping[str, Any], with_secret: bool) -> list[str]:
-    """Delete the Job (its pods follow) and, if asked, its Secret; return what was deleted."""
+def delete_fleet(
+    cluster: Cluster, job: Mapping[str, Any] | None, with_secret: bool, study: str
+) -> list[str]:
+    """Delete the Job (its pods follow) and, if asked, its storage Secret; return what was
+    deleted. ``job`` may be None (deleted already, or removed by its TTL): the Secrets are then
+    found by their labels."""
     deleted = []
-    name = job["metadata"]["name"]
-    if cluster.delete("Job", name):
-        deleted.append(f"job/{name}")
+    if job is not None:
+        name = job["metadata"]["name"]
+        if cluster.delete("Job", name):
+            deleted.append(f"job/{name}")
     if with_secret:
-        secret = _secret_ref(job)
-        if secret and cluster.delete("Secret", secret):
-            deleted.append(f"secret/{secret}")
+        names = [s["metadata"]["name"] for s in find_secrets(cluster, study)]
+        ref = _secret_ref(job) if job is not None else None
+        if ref and ref not in names:  # a Secret the user made and named with --secret
+            names.append(ref)
+        for secret in names:
+            if cluster.delete("Secret", secret):
+                deleted.append(f"secret/{secret}")
     return deleted
 
 

@@ -32,6 +32,11 @@ contract the Job is Kubernetes' "work queue" pattern:
   4. anything else (1: unexpected error; 137: OOM-killed or killed after the grace period) counts
      against ``backoffLimit``, which defaults to 3 x workers like ``tunefleet run --max-restarts``.
 
+  ``podFailurePolicy`` needs Kubernetes 1.26. For an older server (``k8s apply`` reads its
+  version; ``k8s render --kube-version``) the Job is rendered without it, since server-side apply
+  refuses fields the server does not know: every failed pod then counts against
+  ``backoffLimit``, interrupted ones included, so its default doubles (:data:`OLD_SERVER_NOTE`).
+
 * ``activeDeadlineSeconds`` = the study's ``timeout`` + a margin: a backstop, not the study's
   deadline (the workers stop themselves at that, by the database's clock). The margin covers pods
   that start late (image pulls, node scale-up) and trials still running at the deadline, which
@@ -75,11 +80,16 @@ __all__ = [
     "LABEL_COMPONENT",
     "LABEL_STUDY",
     "MANAGED_BY",
+    "OLD_SERVER_NOTE",
+    "POD_FAILURE_POLICY_SINCE",
     "RUN_AS_USER",
     "THREADS_ENV",
     "failure_action",
     "job_manifest",
     "job_name",
+    "kube_version_note",
+    "owner_reference",
+    "parse_kube_version",
     "secret_manifest",
     "secret_name",
     "study_label",
@@ -111,6 +121,34 @@ _EXIT_SIGTERM = int(ExitCode.SIGTERM)
 JOB_UID_FIELD = "metadata.labels['batch.kubernetes.io/controller-uid']"
 
 _MAX_NAME = 63 - len("tunefleet-") - len("-storage")
+
+#: The first Kubernetes release with a Job's ``podFailurePolicy`` (beta, on by default).
+POD_FAILURE_POLICY_SINCE = (1, 26)
+OLD_SERVER_NOTE = (
+    "Kubernetes {version} has no podFailurePolicy (1.26+): the Job is sent without it, so "
+    "interrupted pods (deleted, evicted, drained) count toward backoffLimit like crashes, and "
+    "bad input no longer fails the Job at once; the default backoffLimit doubles to {limit}"
+)
+
+
+def parse_kube_version(text: str) -> tuple[int, int]:
+    """``"1.20"``, ``"v1.20.2"`` or ``"1.29+"`` (GKE's minor) as ``(major, minor)``.
+
+    Raises:
+        ConfigError: not a Kubernetes version.
+    """
+    found = re.match(r"^v?(\d+)\.(\d+)", text.strip())
+    if not found:
+        raise ConfigError(f"invalid --kube-version: '{text}' is not a version such as 1.29")
+    return int(found.group(1)), int(found.group(2))
+
+
+def kube_version_note(job: Mapping[str, Any], version: tuple[int, int] | None) -> str:
+    """The one-time warning for a server older than 1.26, or "" (``job``: from job_manifest)."""
+    if version is None or version >= POD_FAILURE_POLICY_SINCE:
+        return ""
+    limit = job["spec"].get("backoffLimit")
+    return OLD_SERVER_NOTE.format(version=f"{version[0]}.{version[1]}", limit=limit)
 
 
 def study_name(spec: StudySpec) -> str:
@@ -283,8 +321,14 @@ def _pod_spec(spec: StudySpec, options: FleetOptions, secret: str, study: str) -
     return pod
 
 
-def job_manifest(spec: StudySpec, options: FleetOptions) -> dict[str, Any]:
+def job_manifest(
+    spec: StudySpec, options: FleetOptions, kube_version: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """The Job that runs ``spec.workers`` workers of the study until it is done.
+
+    ``kube_version`` is the server's ``(major, minor)``: below 1.26 the Job has no
+    ``podFailurePolicy`` and a default ``backoffLimit`` twice as large (interruptions count
+    too). None: the newest Kubernetes.
 
     Raises:
         ConfigError: no image, no number of workers, or an objective a pod cannot resolve.
@@ -307,20 +351,24 @@ def job_manifest(spec: StudySpec, options: FleetOptions) -> dict[str, Any]:
         )
     study = study_name(spec)
     secret = secret_name(study, options)
+    has_policy = kube_version is None or kube_version >= POD_FAILURE_POLICY_SINCE
+    crashes = spec.max_restarts if spec.max_restarts is not None else 3 * spec.workers
     job_spec: dict[str, Any] = {
         "parallelism": spec.workers,
+        # Without the policy every interruption is a failed pod too: as many again for those.
         "backoffLimit": (
             options.backoff_limit
             if options.backoff_limit is not None
-            else spec.max_restarts
-            if spec.max_restarts is not None
-            else 3 * spec.workers
+            else crashes
+            if has_policy
+            else 2 * crashes
         ),
     }
     if spec.timeout is not None:
         job_spec["activeDeadlineSeconds"] = math.ceil(spec.timeout) + options.deadline_margin
     job_spec["ttlSecondsAfterFinished"] = options.ttl
-    job_spec["podFailurePolicy"] = _pod_failure_policy()
+    if has_policy:
+        job_spec["podFailurePolicy"] = _pod_failure_policy()
     template_meta = {"labels": _labels(study, "worker"), "annotations": {ANNOTATION_STUDY: study}}
     job_spec["template"] = {
         "metadata": template_meta,
@@ -341,6 +389,13 @@ def secret_manifest(study: str, options: FleetOptions, storage_url: str) -> dict
         "type": "Opaque",
         "data": {options.secret_key: encoded},
     }
+
+
+def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``ownerReferences`` entry naming a Job the API server returned (it has a ``uid``):
+    the garbage collector removes the owned object with the Job, by ``k8s delete`` or its TTL."""
+    meta = job["metadata"]
+    return {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
 
 
 def failure_action(job: Mapping[str, Any], pod: Mapping[str, Any]) -> str | None:
