@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "ARTIFACTS_ATTR",
     "ATTEMPT_ATTR",
     "CLAIM_ATTR",
     "DATA_DIR_ENV",
@@ -18,6 +19,7 @@ __all__ = [
     "LOG_FORMAT_ENV",
     "LOST_ATTR",
     "RETRY_OF_ATTR",
+    "SAVE_MODELS",
     "STORAGE_ENV",
     "STORAGE_ENV_FALLBACK",
     "THREADS_ENV",
@@ -65,6 +67,10 @@ RETRY_OF_ATTR = "tunefleet:retry_of"
 CLAIM_ATTR = "tunefleet:claim"
 #: The worker that ran the trial.
 WORKER_ATTR = "tunefleet:worker"
+#: Study system attribute: the study's artifact store and which models it keeps (JSON).
+ARTIFACTS_ATTR = "tunefleet:artifacts"
+#: ``--save-models``: every trial's model, the best k only, or none.
+SAVE_MODELS = ("all", "best", "none")
 
 # Environment variables tunefleet reads.
 #: The storage URL (before ``DATABASE_URL``).

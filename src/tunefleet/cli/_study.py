@@ -120,6 +120,23 @@ def study_options(func: F) -> F:
             metavar="SECONDS",
             help="How long to wait for an unreachable database [60].",
         ),
+        click.option(
+            "--artifacts",
+            metavar="URL",
+            help="Where trials' models go, stored with the study: file:///dir (every worker "
+            "sees it) or s3://bucket/prefix (AWS_ENDPOINT_URL for S3-compatible servers).",
+        ),
+        click.option(
+            "--save-models",
+            type=click.Choice(["all", "best", "none"]),
+            help="Which trials' models to keep in --artifacts [best: the best --keep-best].",
+        ),
+        click.option(
+            "--keep-best",
+            type=int,
+            metavar="K",
+            help="With --save-models best: how many of the best trials keep their models [1].",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
