@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -53,9 +52,10 @@ class FileArtifactStore(FileSystemArtifactStore):
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         target = self._get_filepath(artifact_id)
-        fd, tmp = tempfile.mkstemp(prefix=f".{artifact_id}.", suffix=".tmp", dir=self.base)
+        # A hidden name no reader lists, renamed into place once whole ("x": never shared).
+        tmp = self.base / f".{artifact_id}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "xb") as f:
                 shutil.copyfileobj(content_body, f)
                 f.flush()
                 os.fsync(f.fileno())

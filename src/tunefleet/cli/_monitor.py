@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.live import Live
 
 from tunefleet import monitor
-from tunefleet.errors import StorageError
+from tunefleet.errors import ConfigError, StorageError, StudyError
 from tunefleet.storage import FleetStorage, resolve_storage_url
 from tunefleet.storage._errors import translate_db_error
 
@@ -152,6 +152,41 @@ def _watch(
             live.update(view, refresh=True)
 
 
+def _download(
+    fs: FleetStorage,
+    ref: monitor.StudyRef,
+    found: list[monitor.BestTrial],
+    dest: Path,
+    url: str | None,
+) -> None:
+    """Fetch the best trials' artifacts: into ``dest``, or ``dest/trial-N`` for a front."""
+    from tunefleet.artifacts import download_trial, study_artifacts
+
+    opened = study_artifacts(fs.optuna, ref.study_id, url)
+    if opened is None:
+        raise ConfigError(
+            f"study '{ref.name}' has no artifact store: run it with --artifacts URL, or give "
+            "--artifacts here"
+        )
+    if not found:
+        raise StudyError(f"study '{ref.name}' has no completed trial yet: nothing to download")
+    err = Console(stderr=True)
+    for best_trial in found:
+        trial_id = fs.optuna.get_trial_id_from_study_id_trial_number(
+            ref.study_id, best_trial.number
+        )
+        frozen = fs.optuna.get_trial(trial_id)
+        where = dest if len(found) == 1 else dest / f"trial-{best_trial.number}"
+        written = download_trial(fs.optuna, frozen, opened[1], where)
+        if not written:
+            raise StudyError(
+                f"best trial #{best_trial.number} of '{ref.name}' has no artifacts (was it run "
+                "with --save-models none, or before --artifacts was set?)"
+            )
+        names = ", ".join(p.name for p in written)
+        err.print(f"trial #{best_trial.number}: {names} -> {where}", highlight=False)
+
+
 @click.command()
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -173,20 +208,46 @@ def studies(storage: str | None, as_json: bool) -> int:
     return 0
 
 
+def artifacts_option(func: F) -> F:
+    return click.option(
+        "--artifacts",
+        metavar="URL",
+        help="The study's artifact store as this machine sees it (default: the one stored "
+        "with the study by --artifacts).",
+    )(func)
+
+
 @click.command()
 @storage_option
 @study_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def best(storage: str | None, study: str | None, as_json: bool) -> int:
+@click.option(
+    "--download",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fetch the best trial's artifacts (its model, metrics.json) into DIR.",
+)
+@artifacts_option
+def best(
+    storage: str | None,
+    study: str | None,
+    as_json: bool,
+    download: Path | None,
+    artifacts: str | None,
+) -> int:
     """Show the best trial's value and parameters (the Pareto front for several objectives).
 
-    Example:
+    Examples:
 
         tunefleet best --study iris --json
+
+        tunefleet best --study xgb --download best-model/
     """
     with _opened(storage) as fs:
         ref = monitor.resolve_study(fs, study)
         found = monitor.best_trials(fs, ref)
+        if download is not None:
+            _download(fs, ref, found, download, artifacts)
     if as_json:
         data: dict[str, Any] = {"study": ref.name, "directions": list(ref.directions)}
         if ref.multi_objective:

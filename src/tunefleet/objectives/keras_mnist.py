@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, ClassVar
 
 # Before TensorFlow loads: its C++ start-up chatter would fill every worker's log.
@@ -24,6 +26,7 @@ import keras
 import numpy as np
 import optuna
 
+from tunefleet import artifacts
 from tunefleet.objectives._base import WorkerContext
 from tunefleet.objectives._common import (
     ImageObjective,
@@ -189,4 +192,12 @@ class KerasMnist(ImageObjective):
             )
         if report.pruned:
             raise optuna.TrialPruned()
+        if artifacts.saving_models(trial):
+            # Keras' own format: keras.saving.load_model("model.keras") gives it back.
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.keras"
+                model.save(path)
+                artifacts.save_model(
+                    trial, {"model.keras": path.read_bytes()}, report.accuracy, metric="accuracy"
+                )
         return report.accuracy
