@@ -201,3 +201,12 @@ class KerasMnist(ImageObjective):
                     trial, {"model.keras": path.read_bytes()}, report.accuracy, metric="accuracy"
                 )
         return report.accuracy
+
+    def score_saved(self, files: dict[str, bytes]) -> float:
+        """Score a stored model (``tunefleet rescore --stored-model``) without re-training."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(files["model.keras"])
+            model = keras.saving.load_model(path)
+        predicted = np.argmax(model.predict(self.valid_x, verbose=0), axis=1)
+        return float(np.mean(predicted == self.valid_y))

@@ -149,3 +149,11 @@ class TorchFashionMnist(ImageObjective):
                 trial, {"model.pt": buffer.getvalue()}, accuracy, metric="accuracy"
             )
         return accuracy
+
+    def score_saved(self, files: dict[str, bytes]) -> float:
+        """Score a stored model (``tunefleet rescore --stored-model``) without re-training."""
+        model = torch.load(io.BytesIO(files["model.pt"]), weights_only=False).to(self.device)
+        model.eval()
+        with torch.no_grad():
+            predicted = model(self.valid_x).argmax(dim=1)
+        return float((predicted == self.valid_y).float().mean().item())
