@@ -152,6 +152,29 @@ def _watch(
             live.update(view, refresh=True)
 
 
+def _dashboard_store(fs: FleetStorage, study_id: int | None, url: str | None) -> Any:
+    """The artifact store the dashboard serves: ``--artifacts``, else the study's, else the one
+    store all the storage's studies share (the dashboard takes one store); None if none."""
+    from tunefleet.artifacts import open_artifact_store, study_artifacts
+
+    if url is not None:
+        return open_artifact_store(url)
+    ids = [study_id] if study_id is not None else [s._study_id for s in fs.optuna.get_all_studies()]
+    found = {}
+    for sid in ids:
+        opened = study_artifacts(fs.optuna, sid)
+        if opened is not None:
+            found[opened[0].url] = opened[1]
+    if len(found) > 1:
+        Console(stderr=True).print(
+            "[yellow]warning:[/] the studies here use different artifact stores: pass --study "
+            "to see one study's artifacts",
+            highlight=False,
+        )
+        return None
+    return next(iter(found.values()), None)
+
+
 def _download(
     fs: FleetStorage,
     ref: monitor.StudyRef,
@@ -346,16 +369,20 @@ def report(storage: str | None, study: str | None, out: Path) -> int:
     show_default=True,
     help="Address to listen on; the dashboard has no login, so keep it local.",
 )
-def dashboard(storage: str | None, study: str | None, port: int, host: str) -> int:
+@artifacts_option
+def dashboard(
+    storage: str | None, study: str | None, port: int, host: str, artifacts: str | None
+) -> int:
     """Serve optuna-dashboard on the same storage until Ctrl-C.
 
+    Trials show their artifacts (models) when the study has an artifact store (--artifacts).
     Needs the extra: pip install "tunefleet[dashboard]". Example:
 
         tunefleet dashboard --study iris --port 8080
     """
     with _opened(storage) as fs:
         study_id = None if study is None else monitor.resolve_study(fs, study).study_id
-        server = monitor.start_dashboard(fs, host, port)
+        server = monitor.start_dashboard(fs, host, port, _dashboard_store(fs, study_id, artifacts))
         bound = int(server.server_address[1])
         if not monitor.is_loopback(host):
             Console(stderr=True).print(
