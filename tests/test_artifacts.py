@@ -308,7 +308,14 @@ def test_user_objective_saves_with_the_helper_and_the_best_comes_back(
     spec_.loader.exec_module(example)
     _, _, valid_x, valid_y = example.make_data()
     assert float(np.mean((valid_x @ weights - valid_y) ** 2)) == study.best_value
-    assert len(list((tmp_path / "models").iterdir())) == 1
+    (kept,) = (tmp_path / "models").iterdir()
+
+    # The HTML report links the best trial's artifact where the store keeps it.
+    pytest.importorskip("plotly", reason='needs pip install "tunefleet[report]"')
+    html = tmp_path / "report.html"
+    written = tunefleet("report", "--storage", sqlite_url, "--out", str(html))
+    assert written.returncode == 0, written.stderr
+    assert f'href="file://{kept}" download="weights.npy"' in html.read_text()
 
 
 def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:

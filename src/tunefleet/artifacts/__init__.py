@@ -54,6 +54,7 @@ __all__ = [
     "SAVE_MODELS",
     "ArtifactSettings",
     "FleetArtifactStore",
+    "artifact_location",
     "artifact_names",
     "configure_study",
     "download_trial",
@@ -296,6 +297,11 @@ def tidy(study: optuna.Study, forget: Any = None) -> int:
     if removed:
         log.info("removed %d artifacts of trials no longer kept", removed)
     return removed
+
+
+def artifact_location(url: str, artifact_id: str) -> str:
+    """Where an artifact lies, as a URL: ``file:///dir/<id>`` or ``s3://bucket/prefix/<id>``."""
+    return f"{url.rstrip('/')}/{artifact_id}"
 
 
 def artifact_names(trial: FrozenTrial) -> list[str]:
