@@ -373,6 +373,9 @@ def test_worker_args_reproduce_the_study_spec() -> None:
         retry_failed=2,
         db_wait=30.0,
         storage_engine="stock",
+        artifacts="s3://models/round-trip",
+        save_models="all",
+        keep_best=2,
     )
     args = worker_args(spec)
     assert args[:2] == ["tunefleet", "worker"]

@@ -29,6 +29,7 @@ import logging
 import mimetypes
 import os
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,8 +94,14 @@ def _settings(raw: Any) -> ArtifactSettings | None:
     )
 
 
-# (id of the Optuna storage, study id) -> its settings and store, opened once per process.
-_opened: dict[tuple[int, int], tuple[ArtifactSettings, FleetArtifactStore] | None] = {}
+_Opened = tuple[ArtifactSettings, FleetArtifactStore] | None
+# Optuna storage -> study id -> its settings and store, opened once per process. Weak keys: a
+# storage that is gone takes its entries along (an id() could be reused by the next one).
+_opened: weakref.WeakKeyDictionary[BaseStorage, dict[int, _Opened]] = weakref.WeakKeyDictionary()
+
+
+def _cache(storage: BaseStorage) -> dict[int, _Opened]:
+    return _opened.setdefault(storage, {})
 
 
 def configure_study(
@@ -118,7 +125,7 @@ def configure_study(
                 "--save-models and --keep-best need a place for the models: add --artifacts "
                 "file:///dir or --artifacts s3://bucket/prefix"
             )
-        _opened[(id(storage), study_id)] = None
+        _cache(storage)[study_id] = None
         return None
     wanted = ArtifactSettings(
         url=validate_artifacts_url(url or (stored.url if stored else "")),
@@ -129,7 +136,7 @@ def configure_study(
         storage.set_study_system_attr(study_id, ARTIFACTS_ATTR, wanted.to_json())
     store = open_artifact_store(wanted.url)
     store.probe()
-    _opened[(id(storage), study_id)] = (wanted, store)
+    _cache(storage)[study_id] = (wanted, store)
     return wanted
 
 
@@ -138,9 +145,9 @@ def study_artifacts(
 ) -> tuple[ArtifactSettings, FleetArtifactStore] | None:
     """The study's artifact settings and store (``url`` overrides the stored one: the same store
     seen from another machine), or None when it has none."""
-    key = (id(storage), study_id)
-    if url is None and key in _opened:
-        return _opened[key]
+    cached = _cache(storage)
+    if url is None and study_id in cached:
+        return cached[study_id]
     settings = _settings(storage.get_study_system_attrs(study_id).get(ARTIFACTS_ATTR))
     if url is not None:
         settings = ArtifactSettings(
@@ -148,7 +155,7 @@ def study_artifacts(
         )
     found = None if settings is None else (settings, open_artifact_store(settings.url))
     if url is None:
-        _opened[key] = found
+        cached[study_id] = found
     return found
 
 
