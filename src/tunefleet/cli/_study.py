@@ -16,6 +16,7 @@ from rich.markup import escape
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
+from tunefleet.constants import SAVE_MODELS
 from tunefleet.errors import ConfigError, TunefleetError
 from tunefleet.fleet import LocalFleet, describe_exit
 from tunefleet.objectives import Objective, load_objective
@@ -128,7 +129,7 @@ def study_options(func: F) -> F:
         ),
         click.option(
             "--save-models",
-            type=click.Choice(["all", "best", "none"]),
+            type=click.Choice(SAVE_MODELS),
             help="Which trials' models to keep in --artifacts [best: the best --keep-best].",
         ),
         click.option(
