@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -478,3 +479,57 @@ def test_every_builtin_saves_a_model_that_loads_and_scores_its_trial(
     else:
         assert rescored.returncode == 0, rescored.stderr
         assert json.loads(rescored.stdout)["stored_model_score"] == study.best_value
+
+
+LOSING_OBJECTIVE = """
+import os, time
+import tunefleet.artifacts
+
+def objective(trial):
+    x = trial.suggest_float("x", 0, 1)
+    tunefleet.artifacts.save(trial, b"model of trial %d" % trial.number, "model.bin")
+    if os.environ.get("HANG_AFTER_SAVE"):
+        time.sleep(600)  # saved, never told: the test kills this worker here
+    return x
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_workers_saved_model_is_cleaned_up_after_its_trial_is_rerun(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    objective = tmp_path / "losing.py"
+    objective.write_text(LOSING_OBJECTIVE)
+    models = tmp_path / "models"
+    common = (
+        *("worker", f"{objective}:objective", "--study", "lost", "--storage", sqlite_url),
+        *("--n-trials", "4", "--direction", "maximize", "--artifacts", f"file://{models}"),
+        *("--heartbeat-interval", "0.2", "--grace-period", "1"),
+    )
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet", *common],
+        env={**clean_env(), "HANG_AFTER_SAVE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (models.exists() and any(models.iterdir())):
+            assert time.monotonic() < deadline, "the doomed worker never saved its model"
+            assert doomed.poll() is None
+            time.sleep(0.2)
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=30)
+
+    result = tunefleet(*common)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="lost", storage=sqlite_url)
+    lost = study.trials[0]
+    assert lost.state == TrialState.FAIL and "tunefleet:lost" in lost.system_attrs
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    # Only the best trial's model is left: the lost trial's was removed, attribute first.
+    (left,) = models.iterdir()
+    assert int(left.name.split("-")[1], 16) == study.best_trial.number
+    assert left.read_bytes() == b"model of trial %d" % study.best_trial.number
+    assert not get_all_artifact_meta(lost, storage=study._storage)
