@@ -533,3 +533,27 @@ def test_a_killed_workers_saved_model_is_cleaned_up_after_its_trial_is_rerun(
     assert int(left.name.split("-")[1], 16) == study.best_trial.number
     assert left.read_bytes() == b"model of trial %d" % study.best_trial.number
     assert not get_all_artifact_meta(lost, storage=study._storage)
+
+
+def test_several_objectives_keep_the_pareto_front(sqlite_url: str, tmp_path: Path) -> None:
+    study = optuna.create_study(
+        study_name="front", storage=sqlite_url, directions=["maximize", "maximize"]
+    )
+    configure_study(study, f"file://{tmp_path / 'store'}")
+    for values in [(1.0, 0.0), (0.0, 1.0), (0.4, 0.4), (0.6, 0.6)]:
+        trial = study.ask()
+        save(trial, b"m", "model.bin")
+        study.tell(trial, values)
+        tidy(study)
+    opened = study_artifacts(study._storage, study._study_id)
+    assert opened is not None
+    left = {int(i.split("-")[1], 16) for i in opened[1].list("")}
+    assert left == {0, 1, 3}  # (0.4, 0.4) is dominated by (0.6, 0.6)
+
+
+def test_download_without_a_store_is_a_one_line_error(sqlite_url: str, tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="plain", storage=sqlite_url)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    result = tunefleet("best", "--storage", sqlite_url, "--download", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "has no artifact store" in result.stderr and result.stderr.count("\n") == 1

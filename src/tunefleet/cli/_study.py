@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
+from tunefleet.artifacts import study_artifacts
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
 from tunefleet.constants import SAVE_MODELS
 from tunefleet.errors import ConfigError, TunefleetError
@@ -245,6 +246,9 @@ def run(
         on_output=show,
     )
     console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")
+    kept = study_artifacts(storage.optuna, fleet_study.study_id)
+    if kept is not None:
+        console.print(f"models: {kept[0].save_models} ({kept[0].url})", highlight=False)
     max_restarts = spec.max_restarts if spec.max_restarts is not None else 3 * n_workers
     given_up: set[int] = set()
     with FleetProgress(console, fleet_study.name, spec.n_trials) as progress:
