@@ -248,7 +248,12 @@ def run(
     console.print(f"study {spec.study}: {n_workers} workers on {storage.display_url}")
     kept = study_artifacts(storage.optuna, fleet_study.study_id)
     if kept is not None:
-        console.print(f"models: {kept[0].save_models} ({kept[0].url})", highlight=False)
+        which = {
+            "best": f"models of the best {kept[0].keep_best} trial(s)",
+            "all": "models of every completed trial",
+            "none": "no models (--save-models none)",
+        }[kept[0].save_models]
+        console.print(f"artifacts: {which} in {kept[0].url}", highlight=False)
     max_restarts = spec.max_restarts if spec.max_restarts is not None else 3 * n_workers
     given_up: set[int] = set()
     with FleetProgress(console, fleet_study.name, spec.n_trials) as progress:
