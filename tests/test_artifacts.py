@@ -557,3 +557,20 @@ def test_download_without_a_store_is_a_one_line_error(sqlite_url: str, tmp_path:
     result = tunefleet("best", "--storage", sqlite_url, "--download", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "has no artifact store" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_of_tied_best_trials_the_first_keeps_its_model_and_is_downloaded(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    study = optuna.create_study(study_name="tie", storage=sqlite_url, direction="maximize")
+    configure_study(study, f"file://{tmp_path / 'store'}")
+    for value in (0.5, 0.9, 0.9):
+        trial = study.ask()
+        save(trial, b"model %d" % trial.number, "model.bin")
+        study.tell(trial, value)
+        tidy(study)
+    assert [p.read_bytes() for p in (tmp_path / "store").iterdir()] == [b"model 1"]
+    out = tmp_path / "out"
+    result = tunefleet("best", "--storage", sqlite_url, "--download", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "model.bin").read_bytes() == b"model 1"

@@ -274,9 +274,10 @@ def score_stored_model(
         StudyError: no such study, several objectives, no completed trial, no stored model.
         ObjectiveError: the objective cannot score a stored model.
     """
-    from tunefleet.artifacts import study_artifacts
+    from tunefleet.artifacts import kept_twin, study_artifacts
 
     study, best = _best_trial(storage, study_name)
+    best = kept_twin(storage.optuna, study._study_id, best)
     spec = best.user_attrs.get("objective")
     objective = load_objective(spec, best.user_attrs.get("objective_args") or {}) if spec else None
     score_saved = getattr(objective, "score_saved", None)

@@ -59,6 +59,7 @@ __all__ = [
     "artifact_names",
     "configure_study",
     "download_trial",
+    "kept_twin",
     "open_artifact_store",
     "save",
     "save_model",
@@ -304,6 +305,20 @@ def tidy(study: optuna.Study, forget: Any = None) -> int:
     if removed:
         log.info("removed %d artifacts of trials no longer kept", removed)
     return removed
+
+
+def kept_twin(storage: BaseStorage, study_id: int, best: FrozenTrial) -> FrozenTrial:
+    """The trial whose artifacts stand for ``best``: itself, or on a tie (Optuna picks any of
+    the trials with the best value) the lowest-numbered one with artifacts, which is the one
+    :func:`tidy` keeps."""
+    if artifact_names(best):
+        return best
+    twins = [
+        t
+        for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values == best.values and artifact_names(t)
+    ]
+    return min(twins, key=lambda t: t.number) if twins else best
 
 
 def artifact_location(url: str, artifact_id: str) -> str:

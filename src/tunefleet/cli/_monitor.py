@@ -183,7 +183,7 @@ def _download(
     url: str | None,
 ) -> None:
     """Fetch the best trials' artifacts: into ``dest``, or ``dest/trial-N`` for a front."""
-    from tunefleet.artifacts import download_trial, study_artifacts
+    from tunefleet.artifacts import download_trial, kept_twin, study_artifacts
 
     opened = study_artifacts(fs.optuna, ref.study_id, url)
     if opened is None:
@@ -198,16 +198,16 @@ def _download(
         trial_id = fs.optuna.get_trial_id_from_study_id_trial_number(
             ref.study_id, best_trial.number
         )
-        frozen = fs.optuna.get_trial(trial_id)
-        where = dest if len(found) == 1 else dest / f"trial-{best_trial.number}"
+        frozen = kept_twin(fs.optuna, ref.study_id, fs.optuna.get_trial(trial_id))
+        where = dest if len(found) == 1 else dest / f"trial-{frozen.number}"
         written = download_trial(fs.optuna, frozen, opened[1], where)
         if not written:
             raise StudyError(
-                f"best trial #{best_trial.number} of '{ref.name}' has no artifacts (was it run "
+                f"best trial #{frozen.number} of '{ref.name}' has no artifacts (was it run "
                 "with --save-models none, or before --artifacts was set?)"
             )
         names = ", ".join(p.name for p in written)
-        err.print(f"trial #{best_trial.number}: {names} -> {where}", highlight=False)
+        err.print(f"trial #{frozen.number}: {names} -> {where}", highlight=False)
 
 
 @click.command()
