@@ -134,6 +134,9 @@ def configure_study(
         keep_best=keep_best if keep_best is not None else (stored.keep_best if stored else 1),
     )
     if wanted != stored:
+        if stored is not None and stored.url != wanted.url:
+            # Models already saved stay where they are; only new ones go to the new store.
+            log.warning("the study's artifact store changes from %s to %s", stored.url, wanted.url)
         storage.set_study_system_attr(study_id, ARTIFACTS_ATTR, wanted.to_json())
     store = open_artifact_store(wanted.url)
     store.probe()
