@@ -29,7 +29,7 @@ import yaml
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from tests.conftest import clean_env, tunefleet
+from tests.conftest import clean_env, require, tunefleet
 from tests.tiny_data import require_module
 from tunefleet.artifacts import configure_study, save, study_artifacts, tidy
 from tunefleet.cli import main
@@ -51,9 +51,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3() -> Iterator[dict[str, str]]:
     """moto's standalone S3 server on loopback, with a bucket; the env a worker needs."""
-    pytest.importorskip("boto3", reason='needs the extra: pip install "tunefleet[s3]"')
-    server_module = pytest.importorskip("moto.server", reason="needs moto[server] (test extra)")
+    for module in ("boto3", "moto.server"):
+        require(
+            importlib.util.find_spec(module) is not None,
+            f'{module} is not installed: pip install -e ".[s3,test]"',
+        )
     import boto3
+    from moto import server as server_module
 
     port = _free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
