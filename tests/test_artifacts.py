@@ -578,3 +578,34 @@ def test_of_tied_best_trials_the_first_keeps_its_model_and_is_downloaded(
     result = tunefleet("best", "--storage", sqlite_url, "--download", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "model.bin").read_bytes() == b"model 1"
+
+
+def test_k8s_apply_creates_the_artifacts_secret_from_the_env_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import base64
+
+    from tests.k8s_fake import FakeCluster
+    from tunefleet import kubernetes as k8s
+
+    fake = FakeCluster(namespace="tuning")
+    monkeypatch.setattr(k8s, "connect", lambda **_: fake)
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "TUNEFLEET_STORAGE=postgresql://u:pw-db@db.example.com/optuna\n"
+        "AWS_ACCESS_KEY_ID=AKIATEST\nAWS_SECRET_ACCESS_KEY=never-printed-s3-key\n"
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(
+            ["k8s", "apply", "xgboost-breast-cancer", "--study", "xgb", "--n-trials", "30",
+             "--workers", "3", "--image", "tunefleet:0.1.0", "--artifacts", "s3://models/xgb",
+             "--env-file", str(env_file)]
+        )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, err
+    assert "never-printed-s3-key" not in out + err + json.dumps(fake.sent("apply", "Job"))
+    secrets = {s["metadata"]["name"]: s for s in fake.sent("apply", "Secret")}
+    data = secrets["tunefleet-xgb-artifacts"]["data"]
+    assert base64.b64decode(data["AWS_SECRET_ACCESS_KEY"]).decode() == "never-printed-s3-key"
+    assert set(data) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert secrets["tunefleet-xgb-artifacts"]["metadata"]["namespace"] == "tuning"
