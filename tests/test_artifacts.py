@@ -609,3 +609,16 @@ def test_k8s_apply_creates_the_artifacts_secret_from_the_env_file(
     assert base64.b64decode(data["AWS_SECRET_ACCESS_KEY"]).decode() == "never-printed-s3-key"
     assert set(data) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert secrets["tunefleet-xgb-artifacts"]["metadata"]["namespace"] == "tuning"
+
+
+def test_the_study_spec_file_takes_the_artifact_settings(tmp_path: Path) -> None:
+    from tunefleet.config import load_spec
+    from tunefleet.errors import ConfigError
+
+    path = tmp_path / "study.toml"
+    path.write_text('artifacts = "s3://models/x"\nsave_models = "all"\nkeep_best = 2\n')
+    spec = load_spec(path)
+    assert (spec.artifacts, spec.save_models, spec.keep_best) == ("s3://models/x", "all", 2)
+    path.write_text('save_models = "some"\n')
+    with pytest.raises(ConfigError, match=f"invalid 'save_models' in {path}: 'some' is not"):
+        load_spec(path)
