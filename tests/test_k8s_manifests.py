@@ -376,6 +376,9 @@ def test_worker_args_reproduce_the_study_spec() -> None:
         storage_engine="stock",
         max_failures=7,
         trial_timeout=90.5,
+        artifacts="s3://models/round-trip",
+        save_models="all",
+        keep_best=2,
     )
     args = worker_args(spec)
     assert args[:2] == ["tunefleet", "worker"]

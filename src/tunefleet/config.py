@@ -20,6 +20,10 @@ One file describes a study for a local fleet now and for Kubernetes later::
     # max_failures = 20     # stop the fleet after more than 20 failed trials [unlimited]
     # trial_timeout = 600   # seconds: a longer trial is stopped and fails as timed out
     db_wait = 60            # seconds to wait for an unreachable database
+    # trial artifacts (docs/artifacts.md): where models go, and which are kept
+    artifacts = "file:///shared/models"   # or "s3://bucket/prefix"
+    save_models = "best"    # all | best | none
+    keep_best = 1
 
     [objective_args]
     n_folds = 3
@@ -44,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunefleet.constants import ENGINES
+from tunefleet.constants import ENGINES, SAVE_MODELS
 from tunefleet.errors import ConfigError
 
 __all__ = ["DIRECTIONS", "PRUNERS", "SAMPLERS", "StudySpec", "load_spec", "parse_objective_args"]
@@ -85,6 +89,9 @@ class StudySpec:
     storage_engine: str = "auto"
     max_failures: int | None = None
     trial_timeout: float | None = None
+    artifacts: str | None = None
+    save_models: str | None = None
+    keep_best: int | None = None
 
     def merged(self, **overrides: Any) -> StudySpec:
         """A copy with every override that is not None (or empty) applied, then validated."""
@@ -135,6 +142,12 @@ class StudySpec:
             args += ["--max-failures", str(self.max_failures)]
         if self.trial_timeout is not None:
             args += ["--trial-timeout", repr(self.trial_timeout)]
+        if self.artifacts is not None:
+            args += ["--artifacts", self.artifacts]
+        if self.save_models is not None:
+            args += ["--save-models", self.save_models]
+        if self.keep_best is not None:
+            args += ["--keep-best", str(self.keep_best)]
         for key, value in self.objective_args.items():
             args += ["--objective-arg", f"{key}={toml_value(value)}"]
         return args
@@ -185,6 +198,20 @@ class StudySpec:
             raise bad("max_restarts", f"must be 0 or more, got {self.max_restarts}")
         if self.storage_engine not in ENGINES:
             raise bad("storage_engine", f"'{self.storage_engine}' is not one of auto, fast, stock")
+        if self.save_models is not None and self.save_models not in SAVE_MODELS:
+            raise bad("save_models", f"'{self.save_models}' is not one of all, best, none")
+        if self.keep_best is not None and self.keep_best < 1:
+            raise bad("keep_best", f"must be at least 1, got {self.keep_best}")
+        if self.artifacts is not None:
+            from tunefleet.artifacts._store import validate_artifacts_url
+
+            try:
+                validate_artifacts_url(self.artifacts)
+            except ConfigError:
+                raise bad(
+                    "artifacts",
+                    f"'{self.artifacts}': give file:///absolute/dir or s3://bucket/prefix",
+                ) from None
         if self.workers is not None and self.workers <= 0:
             raise bad("workers", f"must be at least 1, got {self.workers}")
         for d in self.directions:
@@ -225,6 +252,9 @@ _FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "storage_engine": ((str,), "one of auto, fast, stock"),
     "max_failures": ((int,), "a number of failed trials"),
     "trial_timeout": ((int, float), "a number of seconds"),
+    "artifacts": ((str,), 'a URL such as "file:///shared/models" or "s3://bucket/prefix"'),
+    "save_models": ((str,), "one of all, best, none"),
+    "keep_best": ((int,), "a positive number of models"),
     # Read by `tunefleet k8s` (tunefleet.kubernetes), which checks its keys; ignored elsewhere.
     "kubernetes": ((dict,), "a table of Kubernetes settings, [kubernetes]"),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "ARTIFACTS_ATTR",
     "ATTEMPT_ATTR",
     "CLAIM_ATTR",
     "DATA_DIR_ENV",
@@ -24,6 +25,7 @@ __all__ = [
     "LOST_ATTR",
     "READ_DB_WAIT_S",
     "RETRY_OF_ATTR",
+    "SAVE_MODELS",
     "STOPPED_ATTR",
     "STORAGE_ENV",
     "STORAGE_ENV_FALLBACK",
@@ -86,6 +88,12 @@ GIVEN_BACK_ATTR = "tunefleet:given_back"
 FAILURE_POLICY_ATTR = "tunefleet:failure_policy"
 #: Set when a fleet stopped on failures: ``{"reason", "fleet", "error"}``; cleared by a new run.
 STOPPED_ATTR = "tunefleet:stopped"
+
+
+#: Study system attribute: the study's artifact store and which models it keeps (JSON).
+ARTIFACTS_ATTR = "tunefleet:artifacts"
+#: ``--save-models``: every trial's model, the best k only, or none.
+SAVE_MODELS = ("all", "best", "none")
 
 # Environment variables tunefleet reads.
 #: The storage URL (before ``DATABASE_URL``).

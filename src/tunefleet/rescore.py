@@ -38,7 +38,13 @@ from tunefleet.objectives import (
 from tunefleet.objectives._common import worker_threads
 from tunefleet.storage import FleetStorage
 
-__all__ = ["RescoreResult", "rescore", "rescore_seeds"]
+__all__ = [
+    "RescoreResult",
+    "StoredModelScore",
+    "rescore",
+    "rescore_seeds",
+    "score_stored_model",
+]
 
 
 @dataclass
@@ -234,4 +240,71 @@ def rescore(
         reproduced=reproduced,
         objective_args=args,
         n_threads=threads,
+    )
+
+
+@dataclass
+class StoredModelScore:
+    """The best trial's stored model, scored again on its objective's validation data."""
+
+    study: str
+    objective: str
+    trial_number: int
+    reported: float
+    score: float
+    files: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "objective": self.objective,
+            "trial": self.trial_number,
+            "reported": self.reported,
+            "stored_model_score": self.score,
+            "files": self.files,
+        }
+
+
+def score_stored_model(
+    storage: FleetStorage, study_name: str, artifacts_url: str | None = None
+) -> StoredModelScore:
+    """Load the best trial's stored model (``--artifacts``) and score it, without re-training.
+
+    Raises:
+        StudyError: no such study, several objectives, no completed trial, no stored model.
+        ObjectiveError: the objective cannot score a stored model.
+    """
+    from tunefleet.artifacts import kept_twin, study_artifacts
+
+    study, best = _best_trial(storage, study_name)
+    best = kept_twin(storage.optuna, study._study_id, best)
+    spec = best.user_attrs.get("objective")
+    objective = load_objective(spec, best.user_attrs.get("objective_args") or {}) if spec else None
+    score_saved = getattr(objective, "score_saved", None)
+    if objective is None or score_saved is None:
+        raise ObjectiveError(
+            f"the best trial's objective ({spec or 'not recorded'}) cannot score a stored model: "
+            "xgboost-breast-cancer, torch-fashion-mnist and keras-mnist can"
+        )
+    opened = study_artifacts(storage.optuna, study._study_id, artifacts_url)
+    metas = optuna.artifacts.get_all_artifact_meta(best, storage=storage.optuna)
+    if opened is None or not metas:
+        raise StudyError(
+            f"best trial #{best.number} of '{study_name}' has no stored model: run the study "
+            "with --artifacts URL (and --save-models best or all)"
+        )
+    files = {}
+    for meta in metas:
+        with opened[1].open_reader(meta.artifact_id) as reader:
+            files[meta.filename] = reader.read()
+    threads = int(best.user_attrs.get("n_threads") or worker_threads())
+    objective.setup(WorkerContext(seed=None, n_threads=threads))
+    assert best.value is not None
+    return StoredModelScore(
+        study=study.study_name,
+        objective=str(spec),
+        trial_number=best.number,
+        reported=float(best.value),
+        score=float(score_saved(files)),
+        files=sorted(files),
     )

@@ -9,6 +9,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.study import StudyDirection
 
+from tunefleet.artifacts import configure_study
 from tunefleet.config import StudySpec
 from tunefleet.errors import StudyError
 from tunefleet.objectives import Objective
@@ -80,6 +81,8 @@ def open_study(
                 f"{', '.join(directions)}: drop --direction to join it, or pick another --study"
             )
         budget = storage.ledger.ensure_study(study._study_id, spec.n_trials, spec.timeout)
+        # The artifact store travels with the study; an unreachable one stops here, once.
+        configure_study(study, spec.artifacts, spec.save_models, spec.keep_best)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise translate_db_error(exc, storage.url) from exc
     return FleetStudy(study=study, storage=storage, budget=budget)

@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tunefleet import constants
+from tunefleet import artifacts, constants
 from tunefleet._redact import redact
 from tunefleet.config import StudySpec
 from tunefleet.constants import ExitCode
@@ -277,6 +277,14 @@ class Worker:
                 f"trial {trial.number} was already finished by another worker; its result "
                 f"{kwargs.get('values')} is dropped"
             ) from exc
+        self._tidy_artifacts(study)
+
+    def _tidy_artifacts(self, study: optuna.Study) -> None:
+        """Remove the models of trials no longer kept (--save-models); never fails a trial."""
+        try:
+            artifacts.tidy(study, self.storage.forget_trial_system_attrs)
+        except Exception as exc:  # the next finished trial tidies again
+            log.warning("could not tidy the artifact store: %s", redact(str(exc)))
 
     def _fail(
         self, fleet_study: FleetStudy, claim_id: int, trial: optuna.Trial, outcome: TrialOutcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -219,6 +220,13 @@ def render(
         f"--from-literal={options.secret_key}='postgresql://USER:PASSWORD@HOST/DB?sslmode=require'\n"
         "or let `tunefleet k8s apply --env-file .env` create it."
     )
+    if spec.artifacts and spec.artifacts.startswith("s3://"):
+        header += (
+            f"\nThe S3 credentials for --artifacts come from Secret "
+            f"{k8s_api.artifacts_secret_name(study, options)} (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...), which `k8s apply` makes from "
+            "--env-file or the environment."
+        )
     click.echo(k8s_api.to_yaml([job], header=header), nl=False)
     return 0
 
@@ -273,8 +281,13 @@ def apply(
     study = k8s_api.study_name(spec)
     job = k8s_api.job_manifest(spec, options)
 
+    artifacts_secret = _artifacts_secret(spec, options, study, env_file)
     if dry_run:
         objects: list[dict[str, Any]] = []
+        if artifacts_secret is not None:
+            masked = dict(artifacts_secret)
+            masked["stringData"] = {k: "***" for k in masked.pop("data")}
+            objects.append(masked)
         if url is not None:
             shown = k8s_api.secret_manifest(study, options, "")
             del shown["data"]
@@ -303,6 +316,9 @@ def apply(
     if url is not None:
         secret = k8s_api.secret_manifest(study, options, url)
         secret["metadata"]["namespace"] = cluster.namespace
+    if artifacts_secret is not None:
+        artifacts_secret["metadata"]["namespace"] = cluster.namespace
+        cluster.apply(artifacts_secret)
     outcome = fleet.apply_fleet(cluster, job, secret)
     out = Console(highlight=False)
     secret_name = k8s_api.secret_name(study, options)
@@ -332,6 +348,21 @@ def _warn_old_server(job: dict[str, Any], version: tuple[int, int] | None) -> No
     note = k8s_api.kube_version_note(job, version)
     if note:
         click.echo(f"warning: {note}", err=True)
+
+
+def _artifacts_secret(
+    spec: StudySpec, options: FleetOptions, study: str, env_file: str | None
+) -> dict[str, Any] | None:
+    """The Secret with the S3 credentials of an ``s3://`` artifact store, from --env-file
+    (else the environment); None when there is no S3 store or no credential to put in it."""
+    from tunefleet import kubernetes as k8s_api
+    from tunefleet.kubernetes import _fleet as fleet
+
+    if not spec.artifacts or not spec.artifacts.startswith("s3://"):
+        return None
+    values = fleet.read_env_file(env_file) if env_file else dict(os.environ)
+    secret = k8s_api.artifacts_secret_manifest(study, options, values)
+    return secret if secret["data"] else None
 
 
 def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -> str:

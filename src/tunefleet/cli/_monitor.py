@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tunefleet.cli._options import (
+    artifacts_option,
     db_wait_option,
     emit,
     output_option,
     storage_option,
     study_option,
 )
-from tunefleet.errors import StorageError
+from tunefleet.errors import ConfigError, StorageError, StudyError
 
 if TYPE_CHECKING:
     from tunefleet import monitor
@@ -155,6 +156,68 @@ def _watch(
             live.update(view, refresh=True)
 
 
+def _dashboard_store(fs: FleetStorage, study_id: int | None, url: str | None) -> Any:
+    """The artifact store the dashboard serves: ``--artifacts``, else the study's, else the one
+    store all the storage's studies share (the dashboard takes one store); None if none."""
+    from tunefleet.artifacts import open_artifact_store, study_artifacts
+
+    if url is not None:
+        return open_artifact_store(url)
+    ids = [study_id] if study_id is not None else [s._study_id for s in fs.optuna.get_all_studies()]
+    found = {}
+    for sid in ids:
+        opened = study_artifacts(fs.optuna, sid)
+        if opened is not None:
+            found[opened[0].url] = opened[1]
+    if len(found) > 1:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            "[yellow]warning:[/] the studies here use different artifact stores: pass --study "
+            "to see one study's artifacts",
+            highlight=False,
+        )
+        return None
+    return next(iter(found.values()), None)
+
+
+def _download(
+    fs: FleetStorage,
+    ref: monitor.StudyRef,
+    found: list[monitor.BestTrial],
+    dest: Path,
+    url: str | None,
+) -> None:
+    """Fetch the best trials' artifacts: into ``dest``, or ``dest/trial-N`` for a front."""
+    from tunefleet.artifacts import download_trial, kept_twin, study_artifacts
+
+    opened = study_artifacts(fs.optuna, ref.study_id, url)
+    if opened is None:
+        raise ConfigError(
+            f"study '{ref.name}' has no artifact store: run it with --artifacts URL, or give "
+            "--artifacts here"
+        )
+    if not found:
+        raise StudyError(f"study '{ref.name}' has no completed trial yet: nothing to download")
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    for best_trial in found:
+        trial_id = fs.optuna.get_trial_id_from_study_id_trial_number(
+            ref.study_id, best_trial.number
+        )
+        frozen = kept_twin(fs.optuna, ref.study_id, fs.optuna.get_trial(trial_id))
+        where = dest if len(found) == 1 else dest / f"trial-{frozen.number}"
+        written = download_trial(fs.optuna, frozen, opened[1], where)
+        if not written:
+            raise StudyError(
+                f"best trial #{frozen.number} of '{ref.name}' has no artifacts (was it run "
+                "with --save-models none, or before --artifacts was set?)"
+            )
+        names = ", ".join(p.name for p in written)
+        err.print(f"trial #{frozen.number}: {names} -> {where}", highlight=False)
+
+
 @click.command()
 @storage_option
 @output_option("table", "json", "yaml", "csv")
@@ -203,13 +266,29 @@ def _studies_csv(rows: list[monitor.StudyStatus]) -> str:
 @storage_option
 @study_option
 @output_option("table", "json", "yaml")
+@click.option(
+    "--download",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fetch the best trial's artifacts (its model, metrics.json) into DIR.",
+)
+@artifacts_option
 @db_wait_option()
-def best(storage: str | None, study: str | None, output: str, db_wait: float) -> int:
+def best(
+    storage: str | None,
+    study: str | None,
+    output: str,
+    download: Path | None,
+    artifacts: str | None,
+    db_wait: float,
+) -> int:
     """Show the best trial's value and parameters (the Pareto front for several objectives).
 
-    Trials are the same objects as in trials -o json. Example:
+    Trials are the same objects as in trials -o json. Examples:
 
         tunefleet best --study iris -o json
+
+        tunefleet best --study xgb --download best-model/
     """
     from tunefleet import monitor
     from tunefleet.summary import SCHEMA_VERSION
@@ -217,6 +296,8 @@ def best(storage: str | None, study: str | None, output: str, db_wait: float) ->
     with _opened(storage, db_wait) as fs:
         ref = monitor.resolve_study(fs, study)
         found = monitor.best_trials(fs, ref)
+        if download is not None:
+            _download(fs, ref, found, download, artifacts)
     if output == "table":
         _console().print(monitor.render_best(found, ref.directions))
         return 0
@@ -328,10 +409,19 @@ def _stop_on_signals() -> None:
     default="127.0.0.1",
     help="Address to listen on; the dashboard has no login, so keep it local [127.0.0.1].",
 )
+@artifacts_option
 @db_wait_option()
-def dashboard(storage: str | None, study: str | None, port: int, host: str, db_wait: float) -> int:
+def dashboard(
+    storage: str | None,
+    study: str | None,
+    port: int,
+    host: str,
+    artifacts: str | None,
+    db_wait: float,
+) -> int:
     """Serve optuna-dashboard on the same storage until Ctrl-C or SIGTERM.
 
+    Trials show their artifacts (models) when the study has an artifact store (--artifacts).
     Needs the extra: pip install "tunefleet[dashboard]". Example:
 
         tunefleet dashboard --study iris --port 8080
@@ -343,7 +433,7 @@ def dashboard(storage: str | None, study: str | None, port: int, host: str, db_w
     _stop_on_signals()
     with _opened(storage, db_wait) as fs:
         study_id = None if study is None else monitor.resolve_study(fs, study).study_id
-        server = monitor.start_dashboard(fs, host, port)
+        server = monitor.start_dashboard(fs, host, port, _dashboard_store(fs, study_id, artifacts))
         bound = int(server.server_address[1])
         if not monitor.is_loopback(host):
             Console(stderr=True).print(

@@ -17,7 +17,14 @@ import click
 
 from tunefleet.constants import READ_DB_WAIT_S
 
-__all__ = ["db_wait_option", "emit", "output_option", "storage_option", "study_option"]
+__all__ = [
+    "artifacts_option",
+    "db_wait_option",
+    "emit",
+    "output_option",
+    "storage_option",
+    "study_option",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +45,15 @@ def study_option(func: F) -> F:
         "study",
         metavar="NAME",
         help="Study name (may be left out when the storage holds only one).",
+    )(func)
+
+
+def artifacts_option(func: F) -> F:
+    return click.option(
+        "--artifacts",
+        metavar="URL",
+        help="The study's artifact store as this machine sees it (default: the one stored "
+        "with the study by --artifacts).",
     )(func)
 
 

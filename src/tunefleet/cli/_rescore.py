@@ -10,7 +10,7 @@ from rich.console import Console
 
 from tunefleet._logging import setup_logging
 from tunefleet.config import parse_objective_args
-from tunefleet.rescore import RescoreResult
+from tunefleet.rescore import RescoreResult, score_stored_model
 from tunefleet.rescore import rescore as rescore_study
 from tunefleet.storage import open_storage, resolve_storage_url
 
@@ -41,6 +41,17 @@ __all__ = ["rescore"]
     metavar="KEY=VALUE",
     help="Override a recorded setting, or give a user objective's settings (repeatable).",
 )
+@click.option(
+    "--stored-model",
+    is_flag=True,
+    help="Score the best trial's stored model (--artifacts) on its validation data instead of "
+    "re-training: does the saved model give the recorded value?",
+)
+@click.option(
+    "--artifacts",
+    metavar="URL",
+    help="With --stored-model: the artifact store as this machine sees it [the study's].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def rescore(
     objective: str | None,
@@ -50,6 +61,8 @@ def rescore(
     seed: int,
     objective_args: tuple[str, ...],
     as_json: bool,
+    stored_model: bool,
+    artifacts: str | None,
 ) -> int:
     """Re-evaluate the best trial's parameters with other seeds and splits: mean ± sd.
 
@@ -60,9 +73,23 @@ def rescore(
         tunefleet rescore --study xgb --repeats 20
 
         tunefleet rescore train.py:objective --study mine --objective-arg epochs=3
+
+        tunefleet rescore --study xgb --stored-model
     """
     setup_logging(logging.WARNING)
     fleet_storage = open_storage(resolve_storage_url(storage))
+    if stored_model:
+        scored = score_stored_model(fleet_storage, study, artifacts)
+        if as_json:
+            click.echo(json.dumps(scored.to_json()))
+        else:
+            same = "the same" if scored.score == scored.reported else "NOT the same"
+            click.echo(
+                f"study {scored.study}: best trial #{scored.trial_number}'s stored model "
+                f"({', '.join(scored.files)}) scores {scored.score:.4f}; recorded "
+                f"{scored.reported:.4f} ({same} value)"
+            )
+        return 0
     err = Console(stderr=True)
     result = rescore_study(
         fleet_storage,

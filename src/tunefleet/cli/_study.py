@@ -22,9 +22,10 @@ from rich.markup import escape
 from tunefleet import constants
 from tunefleet._logging import LOG_FORMATS, set_log_context, setup_logging
 from tunefleet._redact import redact
+from tunefleet.artifacts import study_artifacts
 from tunefleet.cli._options import emit, output_option
 from tunefleet.config import PRUNERS, SAMPLERS, StudySpec, load_spec, parse_objective_args
-from tunefleet.constants import LOST_ATTR, ExitCode
+from tunefleet.constants import LOST_ATTR, SAVE_MODELS, ExitCode
 from tunefleet.errors import ConfigError, ObjectiveBrokenError, StorageError, TunefleetError
 from tunefleet.failures import TracebackFilter, read_stop
 from tunefleet.fleet import LocalFleet, describe_exit
@@ -148,6 +149,23 @@ def study_options(func: F) -> F:
             type=float,
             metavar="SECONDS",
             help="How long to wait for an unreachable database [60].",
+        ),
+        click.option(
+            "--artifacts",
+            metavar="URL",
+            help="Where trials' models go, stored with the study: file:///dir (every worker "
+            "sees it) or s3://bucket/prefix (AWS_ENDPOINT_URL for S3-compatible servers).",
+        ),
+        click.option(
+            "--save-models",
+            type=click.Choice(SAVE_MODELS),
+            help="Which trials' models to keep in --artifacts [best: the best --keep-best].",
+        ),
+        click.option(
+            "--keep-best",
+            type=int,
+            metavar="K",
+            help="With --save-models best: how many of the best trials keep their models [1].",
         ),
     ]
     func = output_option("table", "json", "yaml")(func)
@@ -293,6 +311,14 @@ def run(
         highlight=False,
         soft_wrap=True,
     )
+    kept = study_artifacts(storage.optuna, fleet_study.study_id)
+    if kept is not None:
+        which = {
+            "best": f"models of the best {kept[0].keep_best} trial(s)",
+            "all": "models of every completed trial",
+            "none": "no models (--save-models none)",
+        }[kept[0].save_models]
+        console.print(f"artifacts: {which} in {kept[0].url}", highlight=False)
     max_restarts = spec.max_restarts if spec.max_restarts is not None else 3 * n_workers
     given_up: set[int] = set()
     progress = FleetProgress(console, fleet_study.name, progress_interval)

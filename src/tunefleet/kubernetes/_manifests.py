@@ -84,6 +84,8 @@ __all__ = [
     "POD_FAILURE_POLICY_SINCE",
     "RUN_AS_USER",
     "THREADS_ENV",
+    "artifacts_secret_manifest",
+    "artifacts_secret_name",
     "failure_action",
     "job_manifest",
     "job_name",
@@ -276,7 +278,8 @@ def _pod_spec(spec: StudySpec, options: FleetOptions, secret: str, study: str) -
         container["imagePullPolicy"] = options.pull_policy
     container |= {
         "args": worker_args(spec),
-        "env": _env(options, secret),
+        "env": _env(options, secret)
+        + _artifact_env(spec.artifacts, artifacts_secret_name(study, options), options),
         "resources": _resources(options),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -377,6 +380,54 @@ def job_manifest(
     meta = _metadata(job_name(study), study, "worker", options.namespace)
     meta["annotations"][ANNOTATION_OBJECTIVE] = spec.objective
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+#: What a pod needs for an ``s3://`` artifact store, from the artifacts Secret (each optional:
+#: on EKS with IAM roles for service accounts, none is needed).
+ARTIFACT_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def artifacts_secret_name(study: str, options: FleetOptions) -> str:
+    return f"tunefleet-{study_label(study)}-artifacts"
+
+
+def _artifact_env(
+    artifacts: str | None, secret: str, options: FleetOptions
+) -> list[dict[str, Any]]:
+    """The S3 credentials, from the artifacts Secret only, never as plain values in the Job
+    (a plain ``env`` value the user gave, such as AWS_ENDPOINT_URL, wins)."""
+    if not artifacts or not artifacts.startswith("s3://"):
+        return []
+    return [
+        {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": name, "optional": True}},
+        }
+        for name in ARTIFACT_ENV
+        if name not in options.env
+    ]
+
+
+def artifacts_secret_manifest(
+    study: str, options: FleetOptions, values: Mapping[str, str]
+) -> dict[str, Any]:
+    """The Secret holding the artifact store's credentials (the ``ARTIFACT_ENV`` given)."""
+    data = {k: base64.b64encode(values[k].encode()).decode() for k in ARTIFACT_ENV if values.get(k)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(
+            artifacts_secret_name(study, options), study, "artifacts", options.namespace
+        ),
+        "type": "Opaque",
+        "data": data,
+    }
 
 
 def secret_manifest(study: str, options: FleetOptions, storage_url: str) -> dict[str, Any]:

@@ -37,7 +37,14 @@ __all__ = [
 ]
 
 #: Variables the pod gets from the Secret only; setting them as plain env would leak the password.
-RESERVED_ENV = ("TUNEFLEET_STORAGE", "DATABASE_URL")
+RESERVED_ENV = (
+    "TUNEFLEET_STORAGE",
+    "DATABASE_URL",
+    # The artifact store's S3 credentials (docs/artifacts.md).
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _CPU = re.compile(r"^(?:\d+(?:\.\d{1,3})?|\d+m)$")
@@ -122,8 +129,8 @@ class FleetOptions:
             if key in RESERVED_ENV:
                 raise bad(
                     "env",
-                    f"{key} is not set as plain text: the storage URL reaches pods only from "
-                    "the Secret (tunefleet k8s apply --env-file .env)",
+                    f"{key} is not set as plain text: secrets reach pods only from a Secret "
+                    "(tunefleet k8s apply --env-file .env)",
                 )
             if not _ENV_NAME.match(key):
                 raise bad("env", f"'{key}' is not an environment variable name")

@@ -54,8 +54,12 @@ def dashboard_url(host: str, port: int, study_id: int | None = None) -> str:
     return f"http://{shown}:{port}{path}"
 
 
-def start_dashboard(storage: FleetStorage, host: str, port: int) -> WSGIServer:
+def start_dashboard(
+    storage: FleetStorage, host: str, port: int, artifact_store: Any = None
+) -> WSGIServer:
     """Bind optuna-dashboard's WSGI app to ``host:port``; the caller serves and closes it.
+
+    With ``artifact_store`` (the study's ``--artifacts``), trials list and serve their artifacts.
 
     Raises:
         ConfigError: optuna-dashboard is not installed, or the address cannot be bound.
@@ -67,7 +71,7 @@ def start_dashboard(storage: FleetStorage, host: str, port: int) -> WSGIServer:
             "the dashboard needs optuna-dashboard, which is not installed: "
             'pip install "tunefleet[dashboard]"'
         ) from exc
-    app: Callable[..., Any] = dashboard.wsgi(storage.optuna)
+    app: Callable[..., Any] = dashboard.wsgi(storage.optuna, artifact_store=artifact_store)
     try:
         return make_server(
             host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler

@@ -243,6 +243,8 @@ def format_trials_table(rows: Sequence[TrialRow], n_objectives: int) -> str:
         notes = _params_plain(r.user_attrs, limit=4) if r.user_attrs else ""
         if r.fail_reason:
             notes = f"{notes}  {r.fail_reason}" if notes else r.fail_reason
+        if r.artifacts:  # listed first: the column is cut at 60 characters
+            notes = f"artifacts: {', '.join(r.artifacts)}  {notes}".rstrip()
         lines.append(
             [
                 str(r.number),

@@ -251,6 +251,10 @@ def build_report(storage: FleetStorage, ref: StudyRef) -> Report:
     if failed:
         sections.append(Section("failures", "Failed trials", _failures(failed)))
 
+    saved = _artifacts(storage, ref, trials)
+    if saved:
+        sections.append(Section("artifacts", "Saved models (artifacts)", saved))
+
     page = _page(ref, status, sections)
     return Report(ref.name, page, [s.key for s in sections], len(trials))
 
@@ -275,6 +279,38 @@ def _objective(index: int) -> Callable[[FrozenTrial], float]:
         return float(trial.values[index])
 
     return value
+
+
+def _artifacts(storage: FleetStorage, ref: StudyRef, trials: Sequence[FrozenTrial]) -> str:
+    """A table of the trials that have artifacts, each linked where the store keeps it."""
+    from optuna.artifacts import get_all_artifact_meta
+
+    from tunefleet.artifacts import artifact_location, study_artifacts
+
+    opened = study_artifacts(storage.optuna, ref.study_id)
+    if opened is None:
+        return ""
+    rows = []
+    for t in trials:
+        metas = get_all_artifact_meta(t, storage=storage.optuna)
+        if not metas:
+            continue
+        links = ", ".join(
+            f'<a href="{html.escape(artifact_location(opened[0].url, m.artifact_id))}" '
+            f'download="{html.escape(m.filename)}">{html.escape(m.filename)}</a>'
+            for m in metas
+        )
+        value = "" if t.values is None else ", ".join(f"{v:.6g}" for v in t.values)
+        rows.append(f"<tr><td>{t.number}</td><td>{value}</td><td>{links}</td></tr>")
+    if not rows:
+        return _note(f"no trial has artifacts in {opened[0].url} yet")
+    lead = _note(
+        f"in {opened[0].url}; fetch the best with: tunefleet best --study {ref.name} --download DIR"
+    )
+    return (
+        f"{lead}<table><tr><th>trial</th><th>value</th><th>artifacts</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
 
 
 def _failures(failed: Sequence[FrozenTrial]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from tunefleet.artifacts import artifact_names
 from tunefleet.constants import FAIL_REASON_ATTR, WORKER_ATTR
 from tunefleet.errors import ConfigError
 from tunefleet.monitor._load import load_frozen_trials
@@ -47,6 +48,8 @@ class TrialRow:
     fail_reason: str | None
     datetime_start: str | None
     datetime_complete: str | None
+    #: File names of the trial's artifacts (``--artifacts``), e.g. model.ubj, metrics.json.
+    artifacts: tuple[str, ...] = ()
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialRow:
@@ -62,6 +65,7 @@ class TrialRow:
             fail_reason=trial.system_attrs.get(FAIL_REASON_ATTR),
             datetime_start=_iso(trial.datetime_start),
             datetime_complete=_iso(trial.datetime_complete),
+            artifacts=tuple(artifact_names(trial)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -76,6 +80,7 @@ class TrialRow:
             "fail_reason": self.fail_reason,
             "datetime_start": self.datetime_start,
             "datetime_complete": self.datetime_complete,
+            "artifacts": list(self.artifacts),
         }
 
 
@@ -146,6 +151,7 @@ def trials_to_csv(rows: Sequence[TrialRow], n_objectives: int) -> str:
         "fail_reason",
         "datetime_start",
         "datetime_complete",
+        "artifacts",
         *(f"params_{n}" for n in param_names),
         *(f"user_attrs_{n}" for n in attr_names),
     ]
@@ -164,6 +170,7 @@ def trials_to_csv(rows: Sequence[TrialRow], n_objectives: int) -> str:
                 r.fail_reason or "",
                 r.datetime_start or "",
                 r.datetime_complete or "",
+                " ".join(r.artifacts),
                 *(_cell(r.params.get(n)) for n in param_names),
                 *(_cell(r.user_attrs.get(n)) for n in attr_names),
             ]

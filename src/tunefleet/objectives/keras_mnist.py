@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, ClassVar
 
 # Before TensorFlow loads: its C++ start-up chatter would fill every worker's log.
@@ -24,6 +26,7 @@ import keras
 import numpy as np
 import optuna
 
+from tunefleet import artifacts
 from tunefleet.objectives._base import WorkerContext
 from tunefleet.objectives._common import (
     ImageObjective,
@@ -189,4 +192,21 @@ class KerasMnist(ImageObjective):
             )
         if report.pruned:
             raise optuna.TrialPruned()
+        if artifacts.saving_models(trial):
+            # Keras' own format: keras.saving.load_model("model.keras") gives it back.
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.keras"
+                model.save(path)
+                artifacts.save_model(
+                    trial, {"model.keras": path.read_bytes()}, report.accuracy, metric="accuracy"
+                )
         return report.accuracy
+
+    def score_saved(self, files: dict[str, bytes]) -> float:
+        """Score a stored model (``tunefleet rescore --stored-model``) without re-training."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.keras"
+            path.write_bytes(files["model.keras"])
+            model = keras.saving.load_model(path)
+        predicted = np.argmax(model.predict(self.valid_x, verbose=0), axis=1)
+        return float(np.mean(predicted == self.valid_y))

@@ -14,6 +14,7 @@ shuffling. A GPU is used when present (``device=auto``).
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ import optuna
 import torch
 from torch import nn
 
+from tunefleet import artifacts
 from tunefleet.objectives._base import WorkerContext
 from tunefleet.objectives._common import (
     ImageObjective,
@@ -139,4 +141,19 @@ class TorchFashionMnist(ImageObjective):
             trial.report(accuracy, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
+        if artifacts.saving_models(trial):
+            # The whole module: torch.load("model.pt", weights_only=False) gives it back.
+            buffer = io.BytesIO()
+            torch.save(model.to("cpu"), buffer)
+            artifacts.save_model(
+                trial, {"model.pt": buffer.getvalue()}, accuracy, metric="accuracy"
+            )
         return accuracy
+
+    def score_saved(self, files: dict[str, bytes]) -> float:
+        """Score a stored model (``tunefleet rescore --stored-model``) without re-training."""
+        model = torch.load(io.BytesIO(files["model.pt"]), weights_only=False).to(self.device)
+        model.eval()
+        with torch.no_grad():
+            predicted = model(self.valid_x).argmax(dim=1)
+        return float((predicted == self.valid_y).float().mean().item())

@@ -23,6 +23,7 @@ import xgboost as xgb
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
+from tunefleet import artifacts
 from tunefleet.errors import ObjectiveError
 from tunefleet.objectives._base import BuiltinObjective, WorkerContext
 from tunefleet.objectives._common import (
@@ -144,5 +145,20 @@ class XGBoostBreastCancer(BuiltinObjective):
         )
         if report.pruned:
             raise optuna.TrialPruned()
+        accuracy = self.score(booster)
+        # The model, as xgboost's portable UBJSON (xgb.Booster(model_file="model.ubj")).
+        artifacts.save_model(
+            trial, {"model.ubj": bytes(booster.save_raw("ubj"))}, accuracy, metric="accuracy"
+        )
+        return accuracy
+
+    def score(self, booster: xgb.Booster) -> float:
+        """Accuracy of a trained booster on this objective's validation split."""
         predicted = np.rint(booster.predict(self.dvalid))
         return float(np.mean(predicted == self.valid_y))
+
+    def score_saved(self, files: dict[str, bytes]) -> float:
+        """Score a stored model (``tunefleet rescore --stored-model``) without re-training."""
+        booster = xgb.Booster()
+        booster.load_model(bytearray(files["model.ubj"]))
+        return self.score(booster)

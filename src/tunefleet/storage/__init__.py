@@ -159,6 +159,15 @@ class FleetStorage:
         study._thread_local.cached_all_trials = None  # what study.ask() does first
         return claim_id, Trial(study, trial_id)
 
+    def forget_trial_system_attrs(self, trial_id: int, keys: list[str]) -> None:
+        """Delete system attributes of a finished trial (Optuna's API cannot: a finished trial
+        is read-only). Used for the ``artifacts:<id>`` attribute of a removed artifact."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM trial_system_attributes WHERE trial_id = :t AND key = :k"),
+                [{"t": trial_id, "k": k} for k in keys],
+            )
+
     def close(self) -> None:
         if isinstance(self.optuna, FastPostgresStorage | FastSqliteStorage):
             self.optuna.close()
