@@ -78,15 +78,16 @@ _DEEPCOPY = (
     "the fast path copies trials with a cheaper equivalent of copy.deepcopy (its copies share "
     "nothing mutable: tests/test_storage_contract.py); the test counts copy.deepcopy calls"
 )
-#: Tests that fail for reasons that are not incompatibilities: (nodeid pattern, reason).
-EXPECTED_FAILURES: list[tuple[str, str]] = [
-    ("*::test_create_new_trial[*_ask]", _TAGGED),
-    ("*::test_set_trial_system_attr[*_ask]", _TAGGED),
-    ("*::test_lazy_trial_system_attrs[*_ask]", _TAGGED),
-    ("*::test_trials_dataframe*[*_ask]", _TAGGED),
-    ("*::test_get_trials[tunefleet_pg_fast*]", _DEEPCOPY),
-    ("*::test_get_trials[tunefleet_pgbouncer*]", _DEEPCOPY),
-    ("*::test_create_new_study_unique_id[tunefleet_embedded*]", _REUSED_ID),
+#: Tests that fail for reasons that are not incompatibilities: (test name, storage modes, reason),
+#: the names and modes as shell-style patterns.
+EXPECTED_FAILURES: list[tuple[str, str, str]] = [
+    ("test_create_new_trial", "*_ask", _TAGGED),
+    ("test_set_trial_system_attr", "*_ask", _TAGGED),
+    ("test_lazy_trial_system_attrs", "*_ask", _TAGGED),
+    ("test_trials_dataframe*", "*_ask", _TAGGED),
+    ("test_get_trials", "tunefleet_pg_fast*", _DEEPCOPY),
+    ("test_get_trials", "tunefleet_pgbouncer*", _DEEPCOPY),
+    ("test_create_new_study_unique_id", "tunefleet_embedded*", _REUSED_ID),
 ]
 
 
@@ -296,26 +297,32 @@ optuna_storages.StorageSupplier = TunefleetStorageSupplier  # type: ignore[misc]
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     ours = set(MODES)
-    keep, drop = [], []
+    keep: list[tuple[pytest.Item, str | None]] = []
+    drop = []
     for item in items:
         module = getattr(item, "module", None)
         if module is not None and module.__name__.endswith("test_with_server"):
             module.get_storage = _with_server_storage
-            keep.append(item)
+            keep.append((item, None))
             continue
         callspec = getattr(item, "callspec", None)
         values = callspec.params.values() if callspec else []
         modes = [v for v in values if isinstance(v, str) and v in ours]
         # A test on two storages (copy_study) runs on pairs of one mode, not the cross product.
         if modes and len(set(modes)) == 1:
-            keep.append(item)
+            keep.append((item, modes[0]))
         else:
             drop.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-    items[:] = keep
-    for item in keep:
-        for pattern, reason in EXPECTED_FAILURES:
-            if fnmatch.fnmatchcase(item.nodeid, pattern):
+    items[:] = [item for item, _mode in keep]
+    for item, mode in keep:
+        name = getattr(item, "originalname", item.name)
+        for name_pattern, mode_pattern, reason in EXPECTED_FAILURES:
+            if (
+                mode is not None
+                and fnmatch.fnmatchcase(name, name_pattern)
+                and fnmatch.fnmatchcase(mode, mode_pattern)
+            ):
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
                 break
