@@ -342,7 +342,7 @@ class Worker:
                 )
         # Once a trial completed, only --max-failures can stop the fleet: skip the queries.
         if not retry and not (self._seen_success and self.policy.max_failures is None):
-            error = f"{reason}{where}" if outcome.kind == "exception" else reason
+            error = f"{reason}, at {outcome.where}" if outcome.where else reason
             stop = check_failures(
                 self.storage, fleet_study.study_id, self.policy, self.fleet_id, error
             )
