@@ -383,7 +383,11 @@ def test_worker_args_reproduce_the_study_spec() -> None:
         params.pop("config_path"),
         params.pop("objective_args"),
         params.pop("directions"),
-        **{k: v for k, v in params.items() if k not in ("as_json", "output", "log_level", "log_format")},
+        **{
+            k: v
+            for k, v in params.items()
+            if k not in ("as_json", "output", "log_level", "log_format")
+        },
     )
     assert parsed == spec
     not_for_workers = {"storage", "workers", "max_restarts"}
