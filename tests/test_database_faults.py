@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -125,6 +126,7 @@ def test_postgres_restart_mid_study(restartable_server: ThrowawayPostgres, tmp_p
 @pytest.fixture(scope="module")
 def tls_server() -> Iterator[ThrowawayPostgres]:
     require(find_pg_bin() is not None, "initdb/pg_ctl not found: install PostgreSQL")
+    require(shutil.which("openssl") is not None, "openssl not installed: apt-get install openssl")
     server = ThrowawayPostgres(password="tls-Secret-9", ssl=True).start()
     yield server
     server.close()
