@@ -160,9 +160,11 @@ images() {
     gcc -Os -static -DVERSION=3.4.1 -o "$CACHE/pause/pause" "$CACHE/src/kubernetes-1.20.2/build/pause/linux/pause.c"
   fi
   dockerd_up
-  docker image inspect local/pause:3.4.1 >/dev/null 2>&1 \
-    || tar -C "$CACHE/pause" -c pause | docker import -c 'ENTRYPOINT ["/pause"]' - local/pause:3.4.1 >/dev/null
-  if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  # (an empty image, from an import that was cut short, is made again)
+  if [ "$(docker image inspect -f '{{.Size}}' local/pause:3.4.1 2>/dev/null || echo 0)" -eq 0 ]; then
+    tar -C "$CACHE/pause" -c pause | docker import -c 'ENTRYPOINT ["/pause"]' - local/pause:3.4.1 >/dev/null
+  fi
+  if [ "$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" 2>/dev/null || echo 0)" -eq 0 ]; then
     # The base for the Dockerfile's PYTHON_IMAGE: Debian's Python 3.11 with venv, and this
     # machine's CA certificates (its TLS egress needs them for pip inside `docker build`).
     log "debootstrap $BASE_IMAGE"
@@ -183,10 +185,13 @@ images() {
     rm -rf "$root"
   fi
   # tunefleet from this repository's Dockerfile (the legacy builder: BuildKit would fetch the
-  # dockerfile frontend from Docker Hub); docker's layer cache lives in CACHE.
+  # dockerfile frontend from Docker Hub); docker's layer cache lives in CACHE. The build stage is
+  # tagged too, so that pruning the images of earlier runs keeps its cached layers.
   log "docker build $IMAGE (PYTHON_IMAGE=$BASE_IMAGE)"
-  DOCKER_BUILDKIT=0 docker build -q --build-arg PYTHON_IMAGE="$BASE_IMAGE" -t "$IMAGE" "$REPO" >/dev/null
-  # Old tunefleet images from earlier runs: only the newest is kept.
+  local build=(build -q --build-arg PYTHON_IMAGE="$BASE_IMAGE")
+  DOCKER_BUILDKIT=0 docker "${build[@]}" --target build -t "$IMAGE-build" "$REPO" >/dev/null
+  DOCKER_BUILDKIT=0 docker "${build[@]}" -t "$IMAGE" "$REPO" >/dev/null
+  # Images of earlier runs (untagged by this build): only the newest are kept.
   docker image prune -f >/dev/null
 }
 
@@ -247,7 +252,7 @@ postgres_up() {
   cat >>"$data/data/pg_hba.conf" <<EOF
 host all all 172.17.0.0/16 trust
 EOF
-  runuser -u postgres -- "$bin/pg_ctl" -D "$data/data" -l "$STATE/postgres.log" -w -t 60 \
+  runuser -u postgres -- "$bin/pg_ctl" -D "$data/data" -l "$data/postgres.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1,$BRIDGE_IP -p $PG_PORT -k $data -c max_connections=200" start >/dev/null
   "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres tunefleet_k8s
 }
