@@ -51,6 +51,16 @@ def _no_parameter_set_twice(url: str, study: str) -> None:
     assert len(keys) == len(set(keys)), "a parameter set was completed twice"
 
 
+def _exactly_n_complete_and_nothing_open(url: str, study: str, n: int) -> None:
+    """The budget's promise as stock Optuna sees it. (A trial a reaper had begun to mark lost
+    may still have been completed by its live worker: it is COMPLETE and keeps its slot, so it
+    is counted, although it carries the lost attribute.)"""
+    all_trials = trials(url, study)
+    assert sum(t.state == TrialState.COMPLETE for t in all_trials) == n
+    assert not [t for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in all_trials}) == len(all_trials)
+
+
 @pytest.fixture(params=["embedded", "postgres"])
 def stock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "embedded":
@@ -157,12 +167,12 @@ def test_sixteen_workers_killed_and_stopped_keep_the_budget_exact(
             if signal_one(stock_url, sig, rng):
                 killed += 1
             time.sleep(1.0)
-        _out, err = fleet.communicate(timeout=240)
+        _out, err = fleet.communicate(timeout=480)
     finally:
         if fleet.poll() is None:
             fleet.kill()
             fleet.wait()
     assert fleet.returncode == 0, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    assert_exact_and_clean(stock_url, "crowd", n)
+    _exactly_n_complete_and_nothing_open(stock_url, "crowd", n)
     _no_parameter_set_twice(stock_url, "crowd")
