@@ -118,6 +118,7 @@ def test_claim_ids_are_never_reused_on_the_embedded_store(tmp_path: Path) -> Non
     assert "AUTOINCREMENT" in ddl
 
 
+@pytest.mark.timeout(600)  # 16 workers on a small, shared machine
 @pytest.mark.parametrize("engine", ["stock", "auto"])
 def test_sixteen_workers_killed_and_stopped_keep_the_budget_exact(
     stock_url: str, engine: str
