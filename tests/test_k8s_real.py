@@ -286,7 +286,8 @@ def test_a_fleet_survives_deleted_and_evicted_pods_and_cleans_up_after_itself(
         timeout=300,
         every=2,
     )
-    assert len([t for t in trials(study) if t.state == TrialState.COMPLETE]) == N_TRIALS
+    # ... and ran nothing more: the same trials, still exact.
+    assert len(assert_exact_and_clean(LOCAL_STORAGE, study, N_TRIALS)) == len(final)
     deleted_all = cli("k8s", "delete", "--study", study, "--with-secret")
     assert deleted_all.returncode == 0, deleted_all.stderr
     assert f"job/{k8s.job_name(study)}" in deleted_all.stdout
