@@ -4,8 +4,9 @@ For each supported Python (3.11, 3.12): every pin that applies to it (environmen
 evaluated for that Python) must exist as a manylinux x86_64 wheel for it; with ``--resolve``, the
 default image's set (tunefleet[sklearn] + dumb-init) must also resolve under the constraints, as
 ``docker build --build-arg PYTHON_IMAGE=...`` would do it (CI gets that for 3.11 from building the
-image on Debian's Python 3.11 in ci/k8s-cluster.sh). Needs PyPI, so CI runs it (.ci/run), not the
-offline test suite. Usage: python ci/check_constraints.py [--resolve] [3.11 3.12 ...]
+image on Debian's Python 3.11 in ci/k8s-cluster.sh). Needs PyPI, so it is not part of the
+offline test suite: run it after changing the pins.
+Usage: python ci/check_constraints.py [--resolve] [3.11 3.12 ...]
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ EOF
 }
 
 postgres_up() {
-  # A throwaway server on the bridge address, trusting the bridge's network: pods reach it.
+  # A throwaway server on the bridge address, trusting the bridge's network (pods) and this
+  # machine (whose connections to the bridge address come from its own addresses).
   local bin data=$STATE/pg
   bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
   mkdir -p "$data"
@@ -251,6 +252,7 @@ postgres_up() {
   runuser -u postgres -- "$bin/initdb" -D "$data/data" -U postgres --auth=trust -E UTF8 >/dev/null
   cat >>"$data/data/pg_hba.conf" <<EOF
 host all all 172.17.0.0/16 trust
+host all all samehost trust
 EOF
   runuser -u postgres -- "$bin/pg_ctl" -D "$data/data" -l "$data/postgres.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1,$BRIDGE_IP -p $PG_PORT -k $data -c max_connections=200" start >/dev/null

@@ -297,8 +297,8 @@ def test_the_image_agrees_with_the_job() -> None:
 
 @pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
 def test_the_constraints_pin_each_package_once_on_every_supported_python(python: str) -> None:
-    # Which wheels exist is checked against PyPI by ci/check_constraints.py (CI runs it); here,
-    # offline, that the markers leave exactly one pin per package on each Python.
+    # Which wheels exist is checked against PyPI by ci/check_constraints.py (run it after changing
+    # the pins); here, offline, that the markers leave exactly one pin per package on each Python.
     from packaging.requirements import Requirement
 
     env = {"python_version": python, "python_full_version": f"{python}.0"}
