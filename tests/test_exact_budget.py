@@ -125,8 +125,6 @@ def test_sixteen_workers_killed_and_stopped_keep_the_budget_exact(
 ) -> None:
     """16 workers, 6 of them killed (-9) with a short grace period, on every engine the store
     has: exactly N counted, nothing left running, no parameter set completed twice."""
-    if engine == "auto" and stock_url.startswith("sqlite"):
-        pytest.skip("the embedded store has one engine, tested as 'stock'")
     n = 60
     args = [
         "run",

@@ -12,6 +12,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from tunefleet._redact import redact_values
 from tunefleet.artifacts import artifact_names
 from tunefleet.constants import FAIL_REASON_ATTR, WORKER_ATTR
 from tunefleet.errors import ConfigError
@@ -61,7 +62,7 @@ class TrialRow:
             params=dict(trial.params),
             duration_s=duration,
             worker=trial.system_attrs.get(WORKER_ATTR),
-            user_attrs=dict(trial.user_attrs),
+            user_attrs=redact_values(dict(trial.user_attrs)),
             fail_reason=trial.system_attrs.get(FAIL_REASON_ATTR),
             datetime_start=_iso(trial.datetime_start),
             datetime_complete=_iso(trial.datetime_complete),
