@@ -85,7 +85,7 @@ def test_a_typo_stops_the_fleet_and_the_fix_completes_the_budget(url: str, tmp_p
     bad.write_text(BROKEN.replace("return los", "return loss"))
     fixed = tunefleet(*command, "--json")
     assert fixed.returncode == 0, fixed.stderr
-    assert json.loads(fixed.stdout)["n_trials"] == 10
+    assert json.loads(fixed.stdout)["budget"]["counted"] == 10
     after = states(url, "objective")
     assert after["COMPLETE"] == 10 and "RUNNING" not in after and "WAITING" not in after
     again = tunefleet(*command)

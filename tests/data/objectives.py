@@ -174,8 +174,12 @@ def hangs_on_odd(trial: optuna.Trial) -> float:
 
 
 def exits_process(trial: optuna.Trial) -> float:
-    """Kills its own process, as a segfault or the OOM killer would."""
+    """Kills its own process, as a segfault or the OOM killer would, some training time after
+    its suggest (the fast engines write suggests within 0.1 s, not at once)."""
+    import time
+
     trial.suggest_float("x", 0, 1)
+    time.sleep(0.5)
     os._exit(7)
 
 

@@ -85,6 +85,7 @@ EXPECTED_FAILURES: list[tuple[str, str, str]] = [
     ("test_set_trial_system_attr", "*_ask", _TAGGED),
     ("test_lazy_trial_system_attrs", "*_ask", _TAGGED),
     ("test_trials_dataframe*", "*_ask", _TAGGED),
+    ("test_get_trials", "tunefleet_embedded*", _DEEPCOPY),
     ("test_get_trials", "tunefleet_pg_fast*", _DEEPCOPY),
     ("test_get_trials", "tunefleet_pgbouncer*", _DEEPCOPY),
     ("test_create_new_study_unique_id", "tunefleet_embedded*", _REUSED_ID),
