@@ -82,6 +82,10 @@ def requeue_trial(
                 pass
             trial = optuna_storage.get_trial(trial_id)
         if trial.state != TrialState.FAIL or LOST_ATTR not in trial.system_attrs:
+            if trial.state.is_finished() and LOST_ATTR in trial.system_attrs:
+                # Its worker finished it between the two writes above: it was not lost after
+                # all, and a finished trial keeps no mark saying so.
+                storage.forget_trial_system_attrs(trial_id, [LOST_ATTR])
             storage.ledger.keep_claim(claim_id)
             return None
     rerun_id: int | None = None

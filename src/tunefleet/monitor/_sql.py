@@ -25,9 +25,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
 
-from tunefleet.storage._clock import stored_epoch, stored_to_local, utc_now
 from tunefleet.storage.read import claims_table as fleet_claims
-from tunefleet.storage.read import epoch_now
+from tunefleet.storage.read import epoch_now, stored_epoch, stored_to_local, utc_now
 from tunefleet.storage.read import fleet_table as fleet_studies
 from tunefleet.storage.read import workers_table as fleet_workers
 

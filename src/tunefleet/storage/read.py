@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from tunefleet.constants import READ_DB_WAIT_S
 from tunefleet.errors import StorageError, TunefleetError
 from tunefleet.storage import FleetStorage, open_storage, parse_storage_url
+from tunefleet.storage._clock import stored_epoch, stored_to_local, utc_now
 from tunefleet.storage._engine import sqlite_path
 from tunefleet.storage._errors import translate_db_error
 from tunefleet.storage._ledger import (
@@ -45,7 +46,10 @@ __all__ = [
     "open_claim_condition",
     "open_reader",
     "read",
+    "stored_epoch",
+    "stored_to_local",
     "study_refs",
+    "utc_now",
     "workers_table",
 ]
 
