@@ -90,6 +90,17 @@ def _fleet_options(func: F) -> F:
     return func
 
 
+#: ``--study`` for commands on a running fleet (status, logs, delete): optional when the
+#: namespace holds one fleet.
+_fleet_study_option = click.option(
+    "--study",
+    "--study-name",
+    "study",
+    metavar="NAME",
+    help="Study name [the only fleet in the namespace].",
+)
+
+
 def _cluster_options(func: F) -> F:
     options = [
         click.option("-n", "--namespace", help="Namespace [the kubeconfig context's]."),
@@ -371,13 +382,7 @@ def _where(namespace: str | None, context: str | None, kubeconfig: str | None) -
 
 
 @k8s.command()
-@click.option(
-    "--study",
-    "--study-name",
-    "study",
-    metavar="NAME",
-    help="Study name [the only fleet in the namespace].",
-)
+@_fleet_study_option
 @_cluster_options
 @click.option(
     "--env-file",
@@ -595,13 +600,7 @@ def _duration(seconds: float) -> str:
 
 
 @k8s.command()
-@click.option(
-    "--study",
-    "--study-name",
-    "study",
-    metavar="NAME",
-    help="Study name [the only fleet in the namespace].",
-)
+@_fleet_study_option
 @_cluster_options
 @click.option("-f", "--follow", is_flag=True, help="Stream until the Job has finished.")
 def logs(
@@ -641,13 +640,7 @@ def logs(
 
 
 @k8s.command()
-@click.option(
-    "--study",
-    "--study-name",
-    "study",
-    metavar="NAME",
-    help="Study name [the only fleet in the namespace].",
-)
+@_fleet_study_option
 @_cluster_options
 @click.option("--with-secret", is_flag=True, help="Delete the storage Secret too.")
 def delete(
