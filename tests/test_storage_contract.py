@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from tunefleet.storage import FleetStorage, open_storage
 from tunefleet.storage._fast import FastPostgresStorage
+from tunefleet.storage._fast_core import FastStorage
 
 from .conftest import DATA, clean_env, tunefleet
 
@@ -130,15 +131,23 @@ def test_a_write_to_a_finished_trial_raises(opened: FleetStorage) -> None:
     assert storage.get_trial(trial._trial_id).values == [1.0]
 
 
+@pytest.fixture(params=["embedded", "postgres"])
+def fast_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store whose default engine is a fast one."""
+    if request.param == "embedded":
+        return f"sqlite:///{tmp_path / 'tunefleet.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 def test_a_lost_trials_late_writes_are_dropped_and_logged(
-    pg_url: str, caplog: pytest.LogCaptureFixture
+    fast_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The fast path defers writes; when another worker finished the trial meanwhile (declared
+    """The fast engines defer writes; when another worker finished the trial meanwhile (declared
     it lost), they are dropped on purpose, and later writes and the tell raise as Optuna does,
     even a tell of the same state the other worker gave it."""
-    worker = open_storage(pg_url)
-    assert isinstance(worker.optuna, FastPostgresStorage)
-    rescuer = open_storage(pg_url, engine="stock")
+    worker = open_storage(fast_url)
+    assert isinstance(worker.optuna, FastStorage)
+    rescuer = open_storage(fast_url, engine="stock")
     try:
         study = _study(worker)
         trial = _ask(worker, study)
@@ -158,6 +167,32 @@ def test_a_lost_trials_late_writes_are_dropped_and_logged(
     finally:
         worker.close()
         rescuer.close()
+
+
+def test_a_flush_racing_a_tell_never_takes_the_trial_for_lost(
+    fast_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background flush writes a running trial's parameters while the worker may be telling
+    it: a flush must never find the trial this process has just finished and take it for one
+    another worker declared lost (a false warning, and a cache thrown away). A flush every
+    millisecond races every tell."""
+    storage = open_storage(fast_url)
+    assert isinstance(storage.optuna, FastStorage)
+    storage.optuna.flush_interval = 0.001
+    try:
+        study = _study(storage, "race")
+        with caplog.at_level(logging.WARNING, logger="tunefleet.storage"):
+            for _ in range(300):
+                trial = _ask(storage, study)
+                x = trial.suggest_float("x", 0, 1)
+                trial.set_user_attr("x", x)
+                study.tell(trial, x)
+        assert "declared lost" not in caplog.text
+    finally:
+        storage.close()
+    stock = optuna.load_study(study_name="race", storage=_stock_url(fast_url))
+    assert [t.state for t in stock.trials] == [TrialState.COMPLETE] * 300
+    assert all(t.user_attrs == {"x": t.params["x"]} == {"x": t.value} for t in stock.trials)
 
 
 def test_a_tell_that_finds_its_trial_failed_by_another_is_not_already_told(pg_url: str) -> None:

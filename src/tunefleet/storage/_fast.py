@@ -1,63 +1,33 @@
-"""The fast PostgreSQL path: two round trips per trial on a worker's critical path.
+"""The fast engine on PostgreSQL: two round trips per trial on a worker's critical path.
 
-Stock ``RDBStorage`` spends 30-50 statements in 8-11 transactions on a trial, each a network round
-trip. Here a worker's trial costs:
-
-1. **ask** — one pipelined transaction (psycopg pipeline mode: every statement sent at once,
-   one wait): take a budget slot, pop a queued re-run or create the trial, link the slot to it,
-   tag the worker, and read every trial that changed since this worker last looked;
-2. **suggest, k times** — nothing on the critical path: parameters are kept in memory, written by a
-   background thread within ``flush_interval`` (0.1 s), so other workers' samplers (TPE's
-   ``constant_liar``) see them, and a re-run after a crash repeats them;
-3. **tell** — one pipelined transaction: any writes still pending, then the state and values.
-
-The statements are calls of PL/pgSQL functions (:mod:`tunefleet.storage._fast_sql`), whose plans
-the server caches, instead of SQL text that it would plan anew each time.
-
-Reads are served from a per-process cache of the study's trials. Finished trials never change,
-so a sync reads only trials that are new to this process and those it last saw unfinished: its
-cost follows the number of running trials, not the size of the study. Trial numbers are assigned
-under a lock on the study's row (as ``RDBStorage`` does), so they appear in order, without gaps.
-
-Everything else is delegated to the stock storage, so the tables, and what stock Optuna and
-optuna-dashboard see, are exactly Optuna's.
+The design is :mod:`tunefleet.storage._fast_core`'s: an ask, deferred writes, a tell. Here each of
+them is one pipelined transaction (psycopg pipeline mode: every statement sent at once, one wait),
+and the statements are calls of PL/pgSQL functions (:mod:`tunefleet.storage._fast_sql`), whose
+plans the server caches, instead of SQL text that it would plan anew each time. Trial numbers are
+assigned under a lock on the study's row (as ``RDBStorage`` does), so they appear in order, without
+gaps.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
-import logging
-import threading
 import uuid
-from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import optuna
 import psycopg
-from optuna.distributions import (
-    BaseDistribution,
-    check_distribution_compatibility,
-    distribution_to_json,
-    json_to_distribution,
-)
 from optuna.storages import BaseStorage
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialValueModel
-from optuna.study import StudyDirection
-from optuna.study._frozen import FrozenStudy
+from optuna.storages._rdb.models import TrialValueModel
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Connection, Engine
 
 from tunefleet import constants
 from tunefleet.storage import _fast_sql as sql
-from tunefleet.storage._clock import stored_to_local, utc_now
+from tunefleet.storage._clock import utc_now
+from tunefleet.storage._fast_core import FastStorage, _frozen_trial, _Pending
 from tunefleet.storage._retry import Retrier
 
 __all__ = ["FastPostgresStorage"]
-
-log = logging.getLogger("tunefleet.storage")
 
 WORKER_ATTR = constants.WORKER_ATTR
 
@@ -81,85 +51,22 @@ def _json(value: Any) -> str:
     return json.dumps(value, allow_nan=False)
 
 
-@dataclass
-class _Pending:
-    """Writes to one of this process's running trials that have not reached the database yet,
-    by what they write: a later write of the same key replaces an earlier one."""
-
-    params: dict[str, tuple[float, str]] = field(default_factory=dict)
-    intermediate: dict[int, tuple[float | None, str]] = field(default_factory=dict)
-    user_attrs: dict[str, str] = field(default_factory=dict)
-    system_attrs: dict[str, str] = field(default_factory=dict)
-
-    def parts(self) -> tuple[dict[Any, Any], ...]:
-        return (self.params, self.intermediate, self.user_attrs, self.system_attrs)
-
-    def __bool__(self) -> bool:
-        return any(self.parts())
-
-    def snapshot(self) -> _Pending:
-        return _Pending(*(dict(part) for part in self.parts()))
-
-    def forget(self, written: _Pending) -> None:
-        """Drop what ``written`` has stored, unless it was replaced since."""
-        for part, done in zip(self.parts(), written.parts(), strict=True):
-            for key, value in done.items():
-                if part.get(key) is value:
-                    del part[key]
-
-    def statement(self, trial_id: int) -> tuple[str, dict[str, Any]]:
-        writes = {
-            "params": [[name, *value] for name, value in self.params.items()],
-            "intermediate": [[step, *value] for step, value in self.intermediate.items()],
-            "user": list(self.user_attrs.items()),
-            "system": list(self.system_attrs.items()),
-        }
-        return sql.WRITE, {"trial_id": trial_id, "writes": _json(writes)}
+def _write(trial_id: int, pending: _Pending) -> tuple[str, dict[str, Any]]:
+    """The call storing a running trial's deferred writes (nothing once it has finished)."""
+    writes = {
+        "params": [[name, *value] for name, value in pending.params.items()],
+        "intermediate": [[step, *value] for step, value in pending.intermediate.items()],
+        "user": list(pending.user_attrs.items()),
+        "system": list(pending.system_attrs.items()),
+    }
+    return sql.WRITE, {"trial_id": trial_id, "writes": _json(writes)}
 
 
-@dataclass
-class _StudyCache:
-    trials: dict[int, FrozenTrial] = field(default_factory=dict)  # by number
-    unfinished: set[int] = field(default_factory=set)  # numbers of cached trials that may change
-    next_number: int = 0
-    # Set once anything reads the study's trials (TPE does on every trial; RandomSampler never
-    # does): from then on each ask's pipeline brings the changes along.
-    read: bool = False
-    # Set by an ask whose pipeline has just read every changed trial: the sampler's read that
-    # follows at once is served from memory. Any other read syncs first.
-    fresh: bool = False
-    # A distribution the study holds for each parameter name this process has seen, to check a
-    # new parameter against (as RDBStorage checks against the study's first record).
-    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
-
-    def put(self, trial: FrozenTrial) -> None:
-        """Only for trials read by a sync (or already in the cache): ``next_number`` promises
-        that every trial below it is here."""
-        self.trials[trial.number] = trial
-        self.saw(trial)
-        if trial.state.is_finished():
-            self.unfinished.discard(trial.number)
-        else:
-            self.unfinished.add(trial.number)
-        self.next_number = max(self.next_number, trial.number + 1)
-
-    def saw(self, trial: FrozenTrial) -> None:
-        for name, distribution in trial.distributions.items():
-            self.distributions.setdefault(name, distribution)
-
-    def sync_args(self, study_id: int) -> dict[str, Any]:
-        """What a sync reads: trials new to this cache, and those it holds unfinished. Finished
-        trials never change, so they are read once."""
-        unfinished = sorted(self.unfinished)
-        return {
-            "study_id": study_id,
-            "oldest": unfinished[0] if unfinished else self.next_number,
-            "from_number": self.next_number,
-            "unfinished": unfinished,
-        }
+def _trial(row: Sequence[Any]) -> FrozenTrial:
+    return _frozen_trial(*row)
 
 
-class FastPostgresStorage(BaseStorage):
+class FastPostgresStorage(FastStorage):
     """An Optuna storage for tunefleet workers on PostgreSQL; see the module docstring.
 
     Args:
@@ -176,20 +83,8 @@ class FastPostgresStorage(BaseStorage):
         retrier: Retrier,
         flush_interval: float = 0.1,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner, retrier, flush_interval)
         self._engine = engine
-        self._retrier = retrier
-        self.flush_interval = flush_interval
-        self._lock = threading.RLock()
-        self._studies: dict[int, _StudyCache] = {}
-        self._owned: dict[int, FrozenTrial] = {}  # this process's running trials, by trial id
-        self._finished: dict[int, FrozenTrial] = {}  # finished trials never change: by trial id
-        self._owned_study: dict[int, int] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._flusher: threading.Thread | None = None
-        self._closed = threading.Event()
-
-    # -- the database ------------------------------------------------------------------------
 
     def _pipeline(
         self,
@@ -217,147 +112,38 @@ class FastPostgresStorage(BaseStorage):
 
         return self._retrier.call(attempt, on_retry=on_retry)
 
-    # -- the hot path -------------------------------------------------------------------------
-
-    def ask(self, study_id: int, worker_id: str) -> tuple[int, int] | None:
-        """Take a budget slot and a trial (a queued re-run first); return (claim_id, trial_id),
-        or None when no slot is free."""
-        token = uuid.uuid4().hex
+    def _ask(
+        self, study_id: int, worker_id: str, sync: dict[str, Any] | None
+    ) -> tuple[tuple[int, FrozenTrial] | None, list[FrozenTrial]]:
         params = {
             "study_id": study_id,
             "worker_id": worker_id,
-            "token": token,
+            "token": uuid.uuid4().hex,  # a retried ask finds the slot its first attempt took
             "now": utc_now(),
             "worker_key": WORKER_ATTR,
             "worker_json": json.dumps(worker_id),
         }
-        cache = self._cache(study_id)
         statements = [(sql.ASK, params)]
-        with self._lock:
-            if cache.read:
-                statements.append((sql.SYNC, cache.sync_args(study_id)))
-        # The function takes the slot (or finds the one a retried ask took) and returns the
-        # trial; a sampler that reads the study gets what changed in the same transaction and
-        # round trip. One that does not (RandomSampler) costs the same at any number of workers.
+        if sync is not None:
+            statements.append((sql.SYNC, sync))
         rows = self._pipeline(statements)
-        if len(rows) > 1:
-            self._apply_sync(study_id, rows[1], fresh=True)
+        changed = [_trial(row) for row in rows[1]] if sync is not None else []
         if not rows[0]:
-            return None
+            return None, changed
         claim_id, *trial_row = rows[0][0]
-        trial = _frozen_trial(trial_row)
-        trial_id = trial._trial_id
-        with self._lock:
-            cache.saw(trial)
-            self._owned[trial_id] = trial
-            self._owned_study[trial_id] = study_id
-            self._pending[trial_id] = _Pending()
-        self._ensure_flusher()
-        return claim_id, trial_id
+        return (claim_id, _trial(trial_row)), changed
 
-    def set_trial_param(
+    def _finish(
         self,
         trial_id: int,
-        param_name: str,
-        param_value_internal: float,
-        distribution: BaseDistribution,
-    ) -> None:
-        with self._lock:
-            study_id = self._owned_study.get(trial_id)
-        if study_id is not None:
-            cache = self._check_distribution(study_id, param_name, distribution)
-            with self._lock:
-                owned = self._owned.get(trial_id)
-                if owned is not None:
-                    owned.params[param_name] = distribution.to_external_repr(param_value_internal)
-                    owned.distributions[param_name] = distribution
-                    cache.distributions.setdefault(param_name, distribution)
-                    self._pending[trial_id].params[param_name] = (
-                        param_value_internal,
-                        distribution_to_json(distribution),
-                    )
-                    return
-        self._write_through(trial_id)
-        self._inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
-
-    def _check_distribution(
-        self, study_id: int, name: str, distribution: BaseDistribution
-    ) -> _StudyCache:
-        """Refuse a parameter whose kind differs from the study's (Optuna's ValueError).
-
-        Checked against a distribution this process has seen for the name in the study; the
-        first time a name comes up, the study's first record of it is read (one query per name
-        and process), as RDBStorage reads it on every parameter.
-        """
-        cache = self._cache(study_id)
-        with self._lock:
-            known = cache.distributions.get(name)
-        if known is None:
-            rows = self._pipeline([(sql.DISTRIBUTION, {"study_id": study_id, "name": name})])
-            if rows[0]:
-                known = _distribution(rows[0][0][0])
-                with self._lock:
-                    cache.distributions.setdefault(name, known)
-        if known is not None:
-            check_distribution_compatibility(known, distribution)
-        return cache
-
-    def set_trial_intermediate_value(
-        self, trial_id: int, step: int, intermediate_value: float
-    ) -> None:
-        with self._lock:
-            owned = self._owned.get(trial_id)
-            if owned is not None:
-                owned.intermediate_values[step] = intermediate_value
-                value, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(
-                    intermediate_value
-                )
-                self._pending[trial_id].intermediate[step] = (value, kind.name)
-                return
-        self._write_through(trial_id)
-        self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if self._defer_attr(trial_id, "user", key, value):
-            return
-        self._write_through(trial_id)
-        self._inner.set_trial_user_attr(trial_id, key, value)
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if self._defer_attr(trial_id, "system", key, value):
-            return
-        self._write_through(trial_id)
-        self._inner.set_trial_system_attr(trial_id, key, value)
-
-    def _defer_attr(self, trial_id: int, kind: str, key: str, value: Any) -> bool:
-        with self._lock:
-            owned = self._owned.get(trial_id)
-            if owned is None:
-                return False
-            pending = self._pending[trial_id]
-            if kind == "user":
-                owned.user_attrs[key] = value
-                pending.user_attrs[key] = json.dumps(value)
-            else:
-                owned.system_attrs[key] = value
-                pending.system_attrs[key] = json.dumps(value)
-            return True
-
-    def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-    ) -> bool:
-        with self._lock:
-            owned = self._owned.get(trial_id)
-            pending = self._pending[trial_id].snapshot() if owned is not None else _Pending()
-        if owned is None or not state.is_finished():
-            self._write_through(trial_id)
-            return self._inner.set_trial_state_values(trial_id, state, values)
-        # Whatever is still pending (a write in flight in the flusher is sent again: writes are
-        # idempotent), then one call that finishes the trial and stores its values, only if it
-        # is still RUNNING: one that was declared lost meanwhile must not get values.
-        statements = [pending.statement(trial_id)] if pending else []
+        worker_id: str,
+        pending: _Pending,
+        state: TrialState,
+        values: Sequence[float] | None,
+        now: Any,
+    ) -> tuple[bool, bool]:
         stored = [TrialValueModel.value_to_stored_repr(float(v)) for v in values or []]
-        now = utc_now()
+        statements = [_write(trial_id, pending)] if pending else []
         statements.append(
             (
                 sql.FINISH,
@@ -371,205 +157,25 @@ class FastPostgresStorage(BaseStorage):
         )
         retried: list[bool] = []
         done = bool(self._pipeline(statements, on_retry=lambda: retried.append(True))[-1][0][0])
+        if done or not retried:
+            return done, False
         # Only a retry can find its own work done (the first attempt committed, its answer was
         # lost); a first attempt that finds the trial finished lost it to another worker.
-        finished = done or (bool(retried) and self._already_told(trial_id, state, values))
-        with self._lock:
-            study_id = self._owned_study.pop(trial_id, None)  # None: dropped as lost meanwhile
-            self._owned.pop(trial_id, None)
-            self._pending.pop(trial_id, None)
-            cache = None if study_id is None else self._studies.get(study_id)
-            if done:  # what the database now holds, so that reading it back costs nothing
-                owned.state = state
-                owned.values = [float(v) for v in values] if values is not None else None
-                owned.datetime_complete = stored_to_local(now)
-                self._finished[trial_id] = owned
-                if cache is not None and owned.number in cache.trials:  # need not be read again
-                    cache.put(owned)
-            if cache is not None:
-                cache.fresh = False
-        if not finished:
-            raise optuna.exceptions.UpdateFinishedTrialError(
-                f"Trial#{owned.number} has already finished and can not be updated."
-            )
-        return True
-
-    def _already_told(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None
-    ) -> bool:
-        """Whether a retried tell finds its own work done (the first attempt committed and its
-        answer was lost); anything else is a conflict: the trial was failed as lost while this
-        worker was unresponsive."""
-        stored = self._inner.get_trial(trial_id)
-        return stored.state == state and (
-            values is None or stored.values == [float(v) for v in values]
+        told = self._inner.get_trial(trial_id)
+        return False, told.state == state and (
+            values is None or told.values == [float(v) for v in values]
         )
 
-    # -- background writes --------------------------------------------------------------------
+    def _write_pending(self, taken: dict[int, _Pending]) -> set[int]:
+        rows = self._pipeline([_write(trial_id, pending) for trial_id, pending in taken.items()])
+        return {trial_id for trial_id, row in zip(taken, rows, strict=True) if not row[0][0]}
 
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or not self._flusher.is_alive():
-            self._flusher = threading.Thread(
-                target=self._flush_loop, name="tunefleet-flush", daemon=True
-            )
-            self._flusher.start()
+    def _read_changed(self, sync: dict[str, Any]) -> list[FrozenTrial]:
+        return [_trial(row) for row in self._pipeline([(sql.SYNC, sync)])[0]]
 
-    def _flush_loop(self) -> None:
-        while not self._closed.wait(self.flush_interval):
-            try:
-                self.flush()
-            except Exception as exc:  # retried at the next interval, and at tell
-                log.debug("background flush failed: %s", exc)
-
-    def flush(self) -> None:
-        """Write every pending parameter, intermediate value and attribute now: one call per
-        running trial, all in one round trip."""
-        with self._lock:
-            taken = {tid: pending.snapshot() for tid, pending in self._pending.items() if pending}
-        if not taken:
-            return
-        rows = self._pipeline([pending.statement(tid) for tid, pending in taken.items()])
-        with self._lock:
-            for (trial_id, written), result in zip(taken.items(), rows, strict=True):
-                left = self._pending.get(trial_id)
-                if left is not None:
-                    left.forget(written)
-                if not result[0][0]:
-                    self._drop_lost(trial_id)
-
-    def _drop_lost(self, trial_id: int) -> None:
-        """Forget a running trial that another worker finished (declared lost while this one
-        was unresponsive; it is re-run elsewhere): its late writes are dropped, and what this
-        process writes to it from now on raises UpdateFinishedTrialError, as Optuna does."""
-        owned = self._owned.pop(trial_id, None)
-        self._pending.pop(trial_id, None)
-        self._owned_study.pop(trial_id, None)
-        for cache in self._studies.values():
-            cache.fresh = False
-        if owned is not None:
-            log.warning(
-                "trial %d was finished by another worker while this one ran it (declared lost): "
-                "its late writes are dropped",
-                owned.number,
-            )
-
-    def _write_through(self, trial_id: int) -> None:
-        """Before a delegated call on a trial, write what is pending and forget cached copies."""
-        self.flush()
-        with self._lock:
-            for cache in self._studies.values():
-                cache.fresh = False
-
-    def close(self) -> None:
-        self._closed.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=5)
-        self.flush()
-
-    # -- cached reads ---------------------------------------------------------------------------
-
-    def _cache(self, study_id: int) -> _StudyCache:
-        with self._lock:
-            return self._studies.setdefault(study_id, _StudyCache())
-
-    def _apply_sync(self, study_id: int, rows: list[Any], fresh: bool = False) -> None:
-        cache = self._cache(study_id)
-        with self._lock:
-            for row in rows:
-                trial = _frozen_trial(row)
-                cache.put(trial)
-                if trial.state.is_finished():
-                    self._finished[trial._trial_id] = trial
-            cache.fresh = fresh
-
-    def _sync(self, study_id: int) -> _StudyCache:
-        cache = self._cache(study_id)
-        with self._lock:
-            cache.read = True
-            if cache.fresh:
-                cache.fresh = False
-                return cache
-            sync = cache.sync_args(study_id)
-        rows = self._pipeline([(sql.SYNC, sync)])
-        self._apply_sync(study_id, rows[0])
-        return cache
-
-    def get_all_trials(
-        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        if study_id not in self._studies:
-            self._inner.get_study_name_from_id(study_id)  # KeyError for an unknown study
-        cache = self._sync(study_id)
-        with self._lock:
-            trials = [self._owned.get(t._trial_id, t) for t in cache.trials.values()]
-        if states is not None:
-            trials = [t for t in trials if t.state in states]
-        trials.sort(key=lambda t: t.number)
-        return [_copy_trial(t) for t in trials] if deepcopy else trials
-
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        with self._lock:
-            known = self._owned.get(trial_id) or self._finished.get(trial_id)
-            if known is not None:
-                return _copy_trial(known)
-        self._write_through(trial_id)
-        return self._inner.get_trial(trial_id)
-
-    # -- everything else is the stock storage's ------------------------------------------------
-
-    def create_new_study(
-        self, directions: Sequence[StudyDirection], study_name: str | None = None
-    ) -> int:
-        return self._inner.create_new_study(directions, study_name)
-
-    def delete_study(self, study_id: int) -> None:
-        with self._lock:
-            self._studies.pop(study_id, None)
-        self._inner.delete_study(study_id)
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        self._inner.set_study_user_attr(study_id, key, value)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        self._inner.set_study_system_attr(study_id, key, value)
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        return self._inner.get_study_id_from_name(study_name)
-
-    def get_study_name_from_id(self, study_id: int) -> str:
-        return self._inner.get_study_name_from_id(study_id)
-
-    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
-        return self._inner.get_study_directions(study_id)
-
-    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        return self._inner.get_study_user_attrs(study_id)
-
-    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        return self._inner.get_study_system_attrs(study_id)
-
-    def get_all_studies(self) -> list[FrozenStudy]:
-        return self._inner.get_all_studies()
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        self._write_through(-1)
-        return self._inner.create_new_trial(study_id, template_trial)
-
-    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        return self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number)
-
-    def get_best_trial(self, study_id: int) -> FrozenTrial:
-        self._write_through(-1)
-        return self._inner.get_best_trial(study_id)
-
-    def get_n_trials(
-        self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None
-    ) -> int:
-        self._write_through(-1)
-        return self._inner.get_n_trials(study_id, state)
-
-    def check_trial_is_updatable(self, trial_id: int, trial_state: TrialState) -> None:
-        self._inner.check_trial_is_updatable(trial_id, trial_state)
+    def _read_distribution(self, study_id: int, name: str) -> str | None:
+        rows = self._pipeline([(sql.DISTRIBUTION, {"study_id": study_id, "name": name})])
+        return rows[0][0][0] if rows[0] else None
 
     def __getstate__(self) -> dict[str, Any]:
         # What a new process needs; caches, pending writes and threads are this process's.
@@ -584,66 +190,3 @@ class FastPostgresStorage(BaseStorage):
         inner = state["inner"]
         engine = getattr(inner, "inner", inner).engine  # the unpickled RDBStorage's new engine
         FastPostgresStorage.__init__(self, inner, engine, state["retrier"], state["flush_interval"])
-
-
-_IMMUTABLE = (str, int, float, bool, type(None))
-
-
-def _copy_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v if isinstance(v, _IMMUTABLE) else copy.deepcopy(v) for k, v in attrs.items()}
-
-
-def _copy_trial(trial: FrozenTrial) -> FrozenTrial:
-    """What ``copy.deepcopy`` gives, at a fraction of its cost (three copies are taken per
-    trial): parameter values are plain scalars and a distribution's fields are scalars or a tuple
-    of them, so one level of copying suffices; attribute values may be mutable and are copied
-    deeply."""
-    return FrozenTrial(
-        number=trial.number,
-        state=trial.state,
-        value=None,
-        values=None if trial.values is None else list(trial.values),
-        datetime_start=trial.datetime_start,
-        datetime_complete=trial.datetime_complete,
-        params=dict(trial.params),
-        # Distributions are shared between the cache's trials: a copy gets its own.
-        distributions={name: copy.copy(d) for name, d in trial.distributions.items()},
-        user_attrs=_copy_attrs(trial.user_attrs),
-        system_attrs=_copy_attrs(trial.system_attrs),
-        intermediate_values=dict(trial.intermediate_values),
-        trial_id=trial._trial_id,
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def _distribution(distribution_json: str) -> BaseDistribution:
-    """Parsed once per process: every trial of a study repeats the same few distributions."""
-    return json_to_distribution(distribution_json)
-
-
-def _frozen_trial(row: Sequence[Any]) -> FrozenTrial:
-    trial_id, number, state, start, complete, params, values, inters, user, system = row
-    distributions = {name: _distribution(d) for name, _v, d in params or []}
-    return FrozenTrial(
-        number=number,
-        trial_id=trial_id,
-        state=TrialState[state],
-        value=None,
-        values=[
-            TrialValueModel.stored_repr_to_value(v, TrialValueModel.TrialValueType[kind])
-            for _o, v, kind in sorted(values or [])
-        ]
-        or None,
-        datetime_start=stored_to_local(start),
-        datetime_complete=stored_to_local(complete),
-        params={name: distributions[name].to_external_repr(v) for name, v, _d in params or []},
-        distributions=distributions,
-        user_attrs={k: json.loads(v) for k, v in user or []},
-        system_attrs={k: json.loads(v) for k, v in system or []},
-        intermediate_values={
-            step: TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-                v, TrialIntermediateValueModel.TrialIntermediateValueType[kind]
-            )
-            for step, v, kind in inters or []
-        },
-    )
