@@ -37,6 +37,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,8 @@ class _Pending:
     intermediate: dict[int, tuple[float | None, str]] = field(default_factory=dict)
     user_attrs: dict[str, str] = field(default_factory=dict)
     system_attrs: dict[str, str] = field(default_factory=dict)
+    # When the oldest write not yet stored was made (time.monotonic()).
+    since: float = 0.0
 
     def parts(self) -> tuple[dict[Any, Any], ...]:
         return (self.params, self.intermediate, self.user_attrs, self.system_attrs)
@@ -79,7 +82,19 @@ class _Pending:
         return any(self.parts())
 
     def snapshot(self) -> _Pending:
-        return _Pending(*(dict(part) for part in self.parts()))
+        return _Pending(
+            dict(self.params),
+            dict(self.intermediate),
+            dict(self.user_attrs),
+            dict(self.system_attrs),
+            self.since,
+        )
+
+    def touch(self) -> _Pending:
+        """Note the time of a write about to be added (if it is the first one waiting)."""
+        if not self:
+            self.since = time.monotonic()
+        return self
 
     def forget(self, written: _Pending) -> None:
         """Drop what ``written`` has stored, unless it was replaced since."""
@@ -235,7 +250,7 @@ class FastStorage(BaseStorage):
                     owned.params[param_name] = distribution.to_external_repr(param_value_internal)
                     owned.distributions[param_name] = distribution
                     cache.distributions.setdefault(param_name, distribution)
-                    self._pending[trial_id].params[param_name] = (
+                    self._pending[trial_id].touch().params[param_name] = (
                         param_value_internal,
                         distribution_to_json(distribution),
                     )
@@ -275,7 +290,7 @@ class FastStorage(BaseStorage):
                 value, kind = TrialIntermediateValueModel.intermediate_value_to_stored_repr(
                     intermediate_value
                 )
-                self._pending[trial_id].intermediate[step] = (value, kind.name)
+                self._pending[trial_id].touch().intermediate[step] = (value, kind.name)
                 return
         self._write_through()
         self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
@@ -295,7 +310,7 @@ class FastStorage(BaseStorage):
             owned = self._owned.get(trial_id)
             if owned is None:
                 return False
-            pending = self._pending[trial_id]
+            pending = self._pending[trial_id].touch()
             if kind == "user":
                 owned.user_attrs[key] = value
                 pending.user_attrs[key] = json.dumps(value)
@@ -352,18 +367,26 @@ class FastStorage(BaseStorage):
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        while not self._closed.wait(self.flush_interval):
+        # Writes are stored once they have waited half an interval, checked every half interval:
+        # none waits longer than the interval, and a trial shorter than half of it costs no
+        # transaction besides its ask and its tell (which stores what is pending).
+        while not self._closed.wait(self.flush_interval / 2):
             try:
-                self.flush()
+                self.flush(older_than=self.flush_interval / 2)
             except Exception as exc:  # retried at the next interval, and at tell
                 log.debug("background flush failed: %s", exc)
 
-    def flush(self) -> None:
-        """Write every pending parameter, intermediate value and attribute now, in one
-        transaction."""
+    def flush(self, older_than: float = 0.0) -> None:
+        """Write every pending parameter, intermediate value and attribute (of the trials with a
+        write waiting at least ``older_than`` seconds), in one transaction."""
         with self._write_lock:
+            due = time.monotonic() - older_than
             with self._lock:
-                taken = {t: pending.snapshot() for t, pending in self._pending.items() if pending}
+                taken = {
+                    t: pending.snapshot()
+                    for t, pending in self._pending.items()
+                    if pending and pending.since <= due
+                }
             if not taken:
                 return
             gone = self._write_pending(taken)
