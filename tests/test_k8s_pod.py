@@ -295,23 +295,6 @@ def test_the_image_agrees_with_the_job() -> None:
             assert re.fullmatch(pin + r'(; python_version (<|>=) "3\.\d+")?', line), line
 
 
-@pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
-def test_the_constraints_pin_each_package_once_on_every_supported_python(python: str) -> None:
-    # Which wheels exist is checked against PyPI by ci/check_constraints.py (run it after changing
-    # the pins); here, offline, that the markers leave exactly one pin per package on each Python.
-    from packaging.requirements import Requirement
-
-    env = {"python_version": python, "python_full_version": f"{python}.0"}
-    pins: dict[str, list[str]] = {}
-    for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate(env):
-                pins.setdefault(req.name, []).append(str(req.specifier))
-    assert {"numpy", "optuna", "scikit-learn", "dumb-init"} <= pins.keys()
-    assert {name: found for name, found in pins.items() if len(found) != 1} == {}
-
-
 def test_dockerignore_keeps_secrets_and_data_out_of_the_build() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
