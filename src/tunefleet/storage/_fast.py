@@ -51,15 +51,16 @@ def _json(value: Any) -> str:
     return json.dumps(value, allow_nan=False)
 
 
-def _write(trial_id: int, pending: _Pending) -> tuple[str, dict[str, Any]]:
-    """The call storing a running trial's deferred writes (nothing once it has finished)."""
-    writes = {
-        "params": [[name, *value] for name, value in pending.params.items()],
-        "intermediate": [[step, *value] for step, value in pending.intermediate.items()],
-        "user": list(pending.user_attrs.items()),
-        "system": list(pending.system_attrs.items()),
-    }
-    return sql.WRITE, {"trial_id": trial_id, "writes": _json(writes)}
+def _writes(pending: _Pending) -> str:
+    """A trial's deferred writes as the functions take them (one JSON document)."""
+    return _json(
+        {
+            "params": [[name, *value] for name, value in pending.params.items()],
+            "intermediate": [[step, *value] for step, value in pending.intermediate.items()],
+            "user": list(pending.user_attrs.items()),
+            "system": list(pending.system_attrs.items()),
+        }
+    )
 
 
 def _trial(row: Sequence[Any]) -> FrozenTrial:
@@ -143,20 +144,16 @@ class FastPostgresStorage(FastStorage):
         now: Any,
     ) -> tuple[bool, bool]:
         stored = [TrialValueModel.value_to_stored_repr(float(v)) for v in values or []]
-        statements = [_write(trial_id, pending)] if pending else []
-        statements.append(
-            (
-                sql.FINISH,
-                {
-                    "trial_id": trial_id,
-                    "state": state.name,
-                    "now": now,
-                    "values": _json([[i, v, kind.name] for i, (v, kind) in enumerate(stored)]),
-                },
-            )
-        )
+        finish = {
+            "trial_id": trial_id,
+            "state": state.name,
+            "now": now,
+            "values": _json([[i, v, kind.name] for i, (v, kind) in enumerate(stored)]),
+            "writes": _writes(pending),
+        }
         retried: list[bool] = []
-        done = bool(self._pipeline(statements, on_retry=lambda: retried.append(True))[-1][0][0])
+        rows = self._pipeline([(sql.FINISH, finish)], on_retry=lambda: retried.append(True))
+        done = bool(rows[0][0][0])
         if done or not retried:
             return done, False
         # Only a retry can find its own work done (the first attempt committed, its answer was
@@ -167,7 +164,9 @@ class FastPostgresStorage(FastStorage):
         )
 
     def _write_pending(self, taken: dict[int, _Pending]) -> set[int]:
-        rows = self._pipeline([_write(trial_id, pending) for trial_id, pending in taken.items()])
+        rows = self._pipeline(
+            [(sql.WRITE, {"trial_id": t, "writes": _writes(p)}) for t, p in taken.items()]
+        )
         return {trial_id for trial_id, row in zip(taken, rows, strict=True) if not row[0][0]}
 
     def _read_changed(self, sync: dict[str, Any]) -> list[FrozenTrial]:

@@ -36,7 +36,7 @@ _TRIAL_ROW_TYPE = """trial_id integer, number integer, state text, datetime_star
   user_attrs json, system_attrs json"""
 
 _ASK_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION tunefleet_ask_v1(
+CREATE OR REPLACE FUNCTION tunefleet_ask_v2(
   p_study_id integer, p_worker_id text, p_token text, p_now timestamp,
   p_worker_key text, p_worker_json text)
 RETURNS TABLE (claim_id integer, {_TRIAL_ROW_TYPE})
@@ -45,6 +45,8 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
   v_claim integer;
   v_trial integer;
+  v_number integer;
+  v_created boolean := false;
 BEGIN
   -- RDBStorage numbers trials under this lock: numbers stay dense and ordered across both paths,
   -- and under it max(number) + 1 is RDBStorage's count(*), read from an index in O(log n).
@@ -74,8 +76,8 @@ BEGIN
       FROM slot WHERE NOT EXISTS (SELECT 1 FROM waiting)
       RETURNING trials.trial_id, trials.number
     ), trial AS (
-      SELECT popped.trial_id, popped.number FROM popped
-      UNION ALL SELECT created.trial_id, created.number FROM created
+      SELECT popped.trial_id, popped.number, false AS created FROM popped
+      UNION ALL SELECT created.trial_id, created.number, true FROM created
     ), claim AS (
       INSERT INTO tunefleet_claims (study_id, worker_id, trial_id, claimed_at, requeue, token)
       SELECT p_study_id, p_worker_id, trial.trial_id, EXTRACT(EPOCH FROM clock_timestamp()), 0,
@@ -86,7 +88,14 @@ BEGIN
       SELECT trial.trial_id, p_worker_key, p_worker_json FROM trial
       ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
     )
-    SELECT claim.claim_id, trial.trial_id INTO v_claim, v_trial FROM trial, claim;
+    SELECT claim.claim_id, trial.trial_id, trial.number, trial.created
+      INTO v_claim, v_trial, v_number, v_created FROM trial, claim;
+  END IF;
+  IF v_created THEN  -- a new trial holds nothing but its worker's tag: no need to read it back
+    RETURN QUERY SELECT v_claim, v_trial, v_number, 'RUNNING'::text, p_now, NULL::timestamp,
+      NULL::json, NULL::json, NULL::json, NULL::json,
+      json_build_array(json_build_array(p_worker_key, p_worker_json));
+    RETURN;
   END IF;
   -- The trial itself, as the sync reads it: a queued re-run has parameters and attributes.
   RETURN QUERY SELECT v_claim, {_TRIAL_ROW} FROM trials t WHERE t.trial_id = v_trial;
@@ -119,16 +128,7 @@ END $$
 # document: {"params": [[name, value, distribution_json]], "intermediate": [[step, value, type]],
 # "user": [[key, value_json]], "system": [[key, value_json]]} — for the client, one json.dumps
 # instead of ten arrays to encode element by element.
-_WRITE_FUNCTION = """
-CREATE OR REPLACE FUNCTION tunefleet_write_v1(p_trial_id integer, p_writes json)
-RETURNS boolean
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM trials t WHERE t.trial_id = p_trial_id AND t.state = 'RUNNING')
-  THEN
-    RETURN false;
-  END IF;
-  INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+_STORE_WRITES = """INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
   SELECT p_trial_id, x->>0, (x->>1)::float8, x->>2
   FROM json_array_elements(p_writes->'params') AS x
   ON CONFLICT (trial_id, param_name) DO NOTHING;
@@ -144,16 +144,28 @@ BEGIN
   ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
   INSERT INTO trial_system_attributes (trial_id, key, value_json)
   SELECT p_trial_id, x->>0, x->>1 FROM json_array_elements(p_writes->'system') AS x
-  ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;
+  ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json;"""
+
+_WRITE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION tunefleet_write_v1(p_trial_id integer, p_writes json)
+RETURNS boolean
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM trials t WHERE t.trial_id = p_trial_id AND t.state = 'RUNNING')
+  THEN
+    RETURN false;
+  END IF;
+  {_STORE_WRITES}
   RETURN true;
 END $$
 """
 
-# Finish a trial and store its values ([[objective, value, type]], JSON as above), only if it is
-# still RUNNING: one declared lost meanwhile must not get values. Returns whether it did.
-_FINISH_FUNCTION = """
-CREATE OR REPLACE FUNCTION tunefleet_finish_v1(
-  p_trial_id integer, p_state text, p_now timestamp, p_values json)
+# Finish a trial: the writes still pending (JSON as above), then the state and its values
+# ([[objective, value, type]]), only if it is still RUNNING: one declared lost meanwhile must not
+# get values, nor late writes. Returns whether it did.
+_FINISH_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION tunefleet_finish_v2(
+  p_trial_id integer, p_state text, p_now timestamp, p_values json, p_writes json)
 RETURNS boolean
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
@@ -162,6 +174,7 @@ BEGIN
   IF NOT FOUND THEN
     RETURN false;
   END IF;
+  {_STORE_WRITES}
   INSERT INTO trial_values (trial_id, objective, value, value_type)
   SELECT p_trial_id, (x->>0)::integer, (x->>1)::float8, (x->>2)::trialvaluetype
   FROM json_array_elements(p_values) AS x;
@@ -171,22 +184,23 @@ END $$
 
 FUNCTIONS = (_ASK_FUNCTION, _SYNC_FUNCTION, _WRITE_FUNCTION, _FINISH_FUNCTION)
 FUNCTION_NAMES = (
-    "tunefleet_ask_v1",
+    "tunefleet_ask_v2",
     "tunefleet_sync_v1",
     "tunefleet_write_v1",
-    "tunefleet_finish_v1",
+    "tunefleet_finish_v2",
 )
 
 # The calls. Arguments are cast so that psycopg's choice of types (int2 for a small int, say)
 # never decides which function is called.
-ASK = """SELECT * FROM tunefleet_ask_v1(
+ASK = """SELECT * FROM tunefleet_ask_v2(
   %(study_id)s::integer, %(worker_id)s::text, %(token)s::text, %(now)s::timestamp,
   %(worker_key)s::text, %(worker_json)s::text)"""
 SYNC = """SELECT * FROM tunefleet_sync_v1(%(study_id)s::integer, %(oldest)s::integer,
   %(from_number)s::integer, %(unfinished)s::integer[])"""
 WRITE = "SELECT tunefleet_write_v1(%(trial_id)s::integer, %(writes)s::json)"
-FINISH = """SELECT tunefleet_finish_v1(
-  %(trial_id)s::integer, %(state)s::text, %(now)s::timestamp, %(values)s::json)"""
+FINISH = """SELECT tunefleet_finish_v2(
+  %(trial_id)s::integer, %(state)s::text, %(now)s::timestamp, %(values)s::json,
+  %(writes)s::json)"""
 # A record of a parameter name in the study, to check a new parameter's kind against (the
 # query RDBStorage runs for every parameter; the fast path, once per name and process).
 DISTRIBUTION = """SELECT p.distribution_json FROM trial_params p
