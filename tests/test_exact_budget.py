@@ -11,8 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+
+from tunefleet.recovery import RETRY_OF_ATTR, requeue_trial
+from tunefleet.storage import FleetStorage, open_storage
 
 from .conftest import DATA, clean_env
 from .test_chaos import signal_one
@@ -116,6 +123,68 @@ def test_claim_ids_are_never_reused_on_the_embedded_store(tmp_path: Path) -> Non
     finally:
         storage.close()
     assert "AUTOINCREMENT" in ddl
+
+
+def _lose_the_answer_to_one_rerun_commit(storage: FleetStorage) -> list[str]:
+    """The first COMMIT that queues a re-run reaches the database, and then its connection fails
+    as a cut one does, before the answer reaches the client. Returns what was lost."""
+    lost: list[str] = []
+
+    @event.listens_for(storage.engine, "after_cursor_execute")
+    def _note(conn: Connection, _cursor: object, statement: str, parameters: object,
+              _context: object, _executemany: bool) -> None:  # fmt: skip
+        if statement.startswith("INSERT INTO trial_system_attributes") and RETRY_OF_ATTR in str(
+            parameters
+        ):
+            conn.info["queues_a_rerun"] = True
+
+    @event.listens_for(storage.engine, "rollback")
+    def _forget(conn: Connection) -> None:
+        conn.info.pop("queues_a_rerun", None)
+
+    @event.listens_for(storage.engine, "commit")
+    def _commit(conn: Connection) -> None:
+        if conn.info.pop("queues_a_rerun", False) and not lost:
+            conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+            lost.append("the answer to a re-run's COMMIT")
+            raise sqlalchemy.exc.OperationalError(
+                "COMMIT", None, Exception("server closed the connection unexpectedly")
+            )
+
+    return lost
+
+
+@pytest.mark.parametrize("engine", ["stock", "auto"])
+def test_a_rerun_whose_commit_answer_was_lost_is_queued_once(stock_url: str, engine: str) -> None:
+    """Optuna retries a trial's creation when its commit fails, and so does the retrier: a
+    re-run whose commit went through but whose answer was lost must not be queued twice (both
+    copies would run, one trial over the budget)."""
+    storage = open_storage(stock_url, engine=engine)
+    try:
+        study = optuna.create_study(
+            study_name="lost-answer",
+            storage=storage.optuna,
+            sampler=optuna.samplers.RandomSampler(seed=0),
+        )
+        storage.ledger.ensure_study(study._study_id, 2, None)
+        taken = storage.ask_trial(study, "w1")
+        assert taken is not None
+        claim_id, trial = taken
+        trial.suggest_float("x", 0, 1)
+        storage.ledger.mark_requeue(claim_id)
+        lost = _lose_the_answer_to_one_rerun_commit(storage)
+        rerun_id = requeue_trial(
+            storage, study._study_id, claim_id, trial._trial_id, lost_reason="its worker died"
+        )
+        assert lost, "no commit's answer was lost: the test tests nothing"
+        budget = storage.ledger.budget(study._study_id)
+    finally:
+        storage.close()
+    reruns = [t for t in trials(stock_url, "lost-answer") if RETRY_OF_ATTR in t.system_attrs]
+    assert len(reruns) == 1, f"{len(reruns)} re-runs of trial {trial.number} were queued"
+    assert (reruns[0]._trial_id, reruns[0].state) == (rerun_id, TrialState.WAITING)
+    assert reruns[0].system_attrs[RETRY_OF_ATTR] == trial.number
+    assert budget.n_claimed == 0
 
 
 @pytest.mark.timeout(600)  # 16 workers on a small, shared machine

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -240,12 +241,46 @@ class ClaimCheckedRDBStorage(RDBStorage):
     lost, its slot given back, and then create and complete a trial that no slot accounts for:
     one trial more than the budget. The finish is already checked in one transaction by Optuna
     (only a RUNNING trial can be told), and a taken-back trial is failed before its slot is.
+
+    Creating a trial is safe to repeat after a commit whose answer was lost (Optuna retries it,
+    and so does :class:`~tunefleet.storage._retry.RetryingStorage`): a claimed trial is found
+    through its claim's link, a re-run (``tunefleet:retry_of``) by the trial it repeats.
     """
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        _local.found_trial_id = None
+        frozen = super()._create_new_trial(study_id, template_trial)
+        if _local.found_trial_id == frozen._trial_id:
+            # Made by an earlier attempt: the template's copy would show the state the trial was
+            # made in, and another worker may have started or finished it since. Optuna's cache
+            # keeps what this returns.
+            return self.get_trial(frozen._trial_id)
+        return frozen
 
     def _get_prepared_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None, session: Session
     ) -> optuna_models.TrialModel:
         attrs = template_trial.system_attrs if template_trial is not None else {}
+        retry_of = attrs.get(RETRY_OF_ATTR)
+        if retry_of is not None:
+            # A re-run queued by an attempt whose commit went through but whose answer was lost
+            # (Optuna and the retrier both try again) must not be queued twice: both copies
+            # would run, one trial over the budget. Recovery queues at most one re-run of a
+            # trial, and the study's row is locked here, so a re-run found is that one.
+            found = session.execute(
+                select(_trial_system_attrs.c.trial_id)
+                .join(_trials, _trials.c.trial_id == _trial_system_attrs.c.trial_id)
+                .where(
+                    _trials.c.study_id == study_id,
+                    _trial_system_attrs.c.key == RETRY_OF_ATTR,
+                    _trial_system_attrs.c.value_json == json.dumps(retry_of),
+                )
+                .limit(1)
+            ).scalar_one_or_none()
+            if found is not None:
+                return _made_before(session, found)
         claim_id, worker_id = attrs.get(CLAIM_ATTR), attrs.get(constants.WORKER_ATTR)
         if claim_id is None or worker_id is None:
             return super()._get_prepared_new_trial(study_id, template_trial, session)
@@ -261,9 +296,7 @@ class ClaimCheckedRDBStorage(RDBStorage):
         if row is None:
             raise ClaimTakenBack(f"claim {claim_id} of worker {worker_id} was taken back")
         if row[0] is not None:  # a retry after a commit whose answer was lost
-            existing = session.get(optuna_models.TrialModel, row[0])
-            assert existing is not None
-            return existing
+            return _made_before(session, row[0])
         trial = super()._get_prepared_new_trial(study_id, template_trial, session)
         session.execute(
             update(fleet_claims)
@@ -271,6 +304,17 @@ class ClaimCheckedRDBStorage(RDBStorage):
             .values(trial_id=trial.trial_id)
         )
         return trial
+
+
+# Per thread: the trial an attempt at creating one found made by an earlier attempt, if any.
+_local = threading.local()
+
+
+def _made_before(session: Session, trial_id: int) -> optuna_models.TrialModel:
+    trial = session.get(optuna_models.TrialModel, trial_id)
+    assert trial is not None
+    _local.found_trial_id = trial_id
+    return trial
 
 
 class Ledger:
