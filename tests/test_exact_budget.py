@@ -46,6 +46,24 @@ from tunefleet.cli import main
 main(sys.argv[1:])
 """
 
+# A real worker process that stops itself (SIGSTOP) inside Optuna's trial-creating transaction,
+# with the study's row locked (FOR UPDATE): the lock every other worker's next trial waits for.
+STOP_IN_CREATE = """
+import os, signal, sys
+from tunefleet.storage._ledger import CLAIM_ATTR, ClaimCheckedRDBStorage
+original = ClaimCheckedRDBStorage._get_prepared_new_trial
+stopped = []
+def prepared(self, study_id, template_trial, session):
+    trial = original(self, study_id, template_trial, session)
+    if not stopped and template_trial is not None and CLAIM_ATTR in template_trial.system_attrs:
+        stopped.append(trial)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return trial
+ClaimCheckedRDBStorage._get_prepared_new_trial = prepared
+from tunefleet.cli import main
+main(sys.argv[1:])
+"""
+
 
 def _stopped(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -107,6 +125,53 @@ def test_a_slot_taken_back_is_never_filled_by_the_paused_worker(stock_url: str) 
     assert "was taken back while this worker was unresponsive" in out, out
     assert_exact_and_clean(stock_url, "window", 3)
     _no_parameter_set_twice(stock_url, "window")
+
+
+@pytest.mark.parametrize("path", ["postgres", "pgbouncer"])
+def test_a_worker_stopped_holding_the_study_lock_does_not_stop_the_others(
+    path: str, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL ends the stopped worker's session once it has been idle inside the transaction
+    for LOCK_IDLE_TIMEOUT_S, releasing the study's row: the others finish the study meanwhile.
+    Resumed, the worker finds its connection gone and its slot taken back, and exits cleanly."""
+    url = str(request.getfixturevalue("pgbouncer_url" if path == "pgbouncer" else "pg_url"))
+    n = 6
+    study = ["--study", "frozen", "--storage", url, "--n-trials", str(n)]
+    args = [f"{OBJ}:sleepy", *study, "--storage-engine", "stock", *FAST_RECOVERY]
+    env = {**clean_env(), "SLEEP_S": "0.05"}
+    paused = subprocess.Popen(
+        [sys.executable, "-c", STOP_IN_CREATE, "worker", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _stopped(paused.pid), timeout=60, what="the worker to stop itself")
+        started = time.monotonic()
+        others = subprocess.run(
+            [sys.executable, "-m", "tunefleet", "run", *args, "--workers", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        took = time.monotonic() - started
+        assert others.returncode == 0, others.stderr[-3000:]
+        assert _stopped(paused.pid), "the stopped worker was resumed before the others finished"
+        os.kill(paused.pid, signal.SIGCONT)
+        out, _ = paused.communicate(timeout=60)
+    finally:
+        if paused.poll() is None:
+            os.kill(paused.pid, signal.SIGCONT)
+            paused.kill()
+            paused.wait()
+    print(f"the others finished in {took:.1f}s")
+    assert paused.returncode == 0, out
+    assert "Traceback" not in out, out
+    assert "was taken back while this worker was unresponsive" in out, out
+    _exactly_n_complete_and_nothing_open(url, "frozen", n)
+    _no_parameter_set_twice(url, "frozen")
 
 
 def test_claim_ids_are_never_reused_on_the_embedded_store(tmp_path: Path) -> None:

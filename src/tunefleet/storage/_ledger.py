@@ -31,7 +31,8 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -47,6 +48,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    event,
     func,
     insert,
     or_,
@@ -93,6 +95,21 @@ _trial_system_attrs = optuna_models.TrialSystemAttributeModel.__table__
 RETRY_OF_ATTR = constants.RETRY_OF_ATTR
 #: Trial system attribute set when a trial is created: the claim (budget slot) it belongs to.
 CLAIM_ATTR = constants.CLAIM_ATTR
+#: How long a PostgreSQL transaction that holds locks other workers wait for (the study's row, a
+#: trial's row) may wait on its client before the server ends the session and so releases them.
+#: A stopped client (SIGSTOP, a frozen VM) would otherwise block every other worker until it
+#: resumes: its kernel still answers keepalives. A live worker never idles this long inside one
+#: of these transactions; should it, the call fails like a dropped connection and is retried.
+LOCK_IDLE_TIMEOUT_S = 10
+_BOUND_IDLE_TIME = f"SET LOCAL idle_in_transaction_session_timeout = '{LOCK_IDLE_TIMEOUT_S}s'"
+
+
+def _bound_idle_time(conn: Connection) -> None:
+    """On PostgreSQL, end this transaction's session should its client stop inside it for
+    :data:`LOCK_IDLE_TIMEOUT_S`. ``SET LOCAL`` lasts until the transaction ends, so nothing
+    leaks to the next client of a server connection behind a transaction-mode pooler."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_BOUND_IDLE_TIME)
 
 
 metadata = MetaData()
@@ -247,17 +264,33 @@ class ClaimCheckedRDBStorage(RDBStorage):
     through its claim's link, a re-run (``tunefleet:retry_of``) by the trial it repeats.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "begin", _bound_if_holding_locks)
+
     def _create_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None = None
     ) -> FrozenTrial:
         _local.found_trial_id = None
-        frozen = super()._create_new_trial(study_id, template_trial)
+        # Optuna locks the study's row for the whole transaction: every worker's next trial
+        # waits for it.
+        with _holding_locks():
+            frozen = super()._create_new_trial(study_id, template_trial)
         if _local.found_trial_id == frozen._trial_id:
             # Made by an earlier attempt: the template's copy would show the state the trial was
             # made in, and another worker may have started or finished it since. Optuna's cache
             # keeps what this returns.
             return self.get_trial(frozen._trial_id)
         return frozen
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        # Optuna locks the trial's row: a stopped worker telling its trial would hold up the
+        # worker that fails it as lost, in that worker's heartbeat thread.
+        with _holding_locks():
+            return super().set_trial_state_values(trial_id, state, values)
 
     def _get_prepared_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None, session: Session
@@ -306,8 +339,25 @@ class ClaimCheckedRDBStorage(RDBStorage):
         return trial
 
 
-# Per thread: the trial an attempt at creating one found made by an earlier attempt, if any.
+# Per thread: the trial an attempt at creating one found made by an earlier attempt, if any, and
+# whether the transactions begun now hold locks other workers wait for.
 _local = threading.local()
+
+
+@contextmanager
+def _holding_locks() -> Iterator[None]:
+    before = getattr(_local, "holding_locks", False)
+    _local.holding_locks = True
+    try:
+        yield
+    finally:
+        _local.holding_locks = before
+
+
+def _bound_if_holding_locks(conn: Connection) -> None:
+    # At the start of each attempt: Optuna retries a failed transaction itself.
+    if getattr(_local, "holding_locks", False):
+        _bound_idle_time(conn)
 
 
 def _made_before(session: Session, trial_id: int) -> optuna_models.TrialModel:
@@ -325,6 +375,15 @@ class Ledger:
         self._engine = engine
         self._retrier = retrier
 
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that writes. Each locks rows other workers wait for (the study's row,
+        claims, worker rows), so a stopped worker must not keep them: see
+        :data:`LOCK_IDLE_TIMEOUT_S`."""
+        with self._engine.begin() as conn:
+            _bound_idle_time(conn)
+            yield conn
+
     def _insert(self, table: Table) -> Any:
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table)
@@ -337,7 +396,7 @@ class Ledger:
         the same ``--timeout`` must not move it. ``n_trials`` is absolute, so setting it again
         is idempotent, and a larger value extends a finished study.
         """
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             row = {
                 "study_id": study_id,
                 "n_trials": n_trials,
@@ -408,7 +467,7 @@ class Ledger:
         retried = False
 
         def attempt() -> tuple[int, int | None] | None:
-            with self._engine.begin() as conn:
+            with self._write() as conn:
                 if retried:
                     # The previous attempt may have committed before its connection dropped.
                     found = conn.execute(
@@ -476,7 +535,7 @@ class Ledger:
     @_retried
     def attach(self, claim_id: int, trial_id: int) -> None:
         """Record which trial a claimed slot became."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_claims)
                 .where(fleet_claims.c.claim_id == claim_id)
@@ -486,7 +545,7 @@ class Ledger:
     @_retried
     def mark_requeue(self, claim_id: int) -> None:
         """Keep the slot open while its trial is failed and re-queued (see :meth:`release`)."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_claims).where(fleet_claims.c.claim_id == claim_id).values(requeue=1)
             )
@@ -494,7 +553,7 @@ class Ledger:
     @_retried
     def keep_claim(self, claim_id: int) -> None:
         """Undo :meth:`mark_requeue`: the trial finished after all and keeps its slot."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_claims).where(fleet_claims.c.claim_id == claim_id).values(requeue=0)
             )
@@ -502,7 +561,7 @@ class Ledger:
     @_retried
     def release(self, claim_id: int) -> None:
         """Give a slot back: its trial did not finish by the objective's hand and must not count."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             study_id = conn.execute(
                 fleet_claims.delete()
                 .where(fleet_claims.c.claim_id == claim_id)
@@ -518,7 +577,7 @@ class Ledger:
     @_retried
     def register_worker(self, study_id: int, worker_id: str, host: str, pid: int) -> int:
         """Add a worker to the registry; return its ordinal in the study (0, 1, 2, ...)."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             existing = conn.execute(
                 select(fleet_workers.c.ordinal).where(fleet_workers.c.worker_id == worker_id)
             ).scalar_one_or_none()
@@ -550,7 +609,7 @@ class Ledger:
         """Record that the worker is alive. Returns False if it had been declared lost (it is
         revived: a live worker in a long pause must be able to carry on). Not retried: a missed
         beat is simply tried again at the next interval."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             was_lost = conn.execute(
                 update(fleet_workers)
                 .where(fleet_workers.c.worker_id == worker_id)
@@ -561,7 +620,7 @@ class Ledger:
 
     @_retried
     def worker_finished(self, worker_id: str, reason: str) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_workers)
                 .where(fleet_workers.c.worker_id == worker_id)
@@ -577,7 +636,7 @@ class Ledger:
         serialises writers), and should this worker die half-way, its own claims go stale in
         turn and are taken over again.
         """
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             now = conn.execute(select(epoch_now())).scalar_one()
             conn.execute(
                 update(fleet_workers)
