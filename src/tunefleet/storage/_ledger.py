@@ -100,16 +100,14 @@ CLAIM_ATTR = constants.CLAIM_ATTR
 #: A stopped client (SIGSTOP, a frozen VM) would otherwise block every other worker until it
 #: resumes: its kernel still answers keepalives. A live worker never idles this long inside one
 #: of these transactions; should it, the call fails like a dropped connection and is retried.
-LOCK_IDLE_TIMEOUT_S = 10
-_BOUND_IDLE_TIME = f"SET LOCAL idle_in_transaction_session_timeout = '{LOCK_IDLE_TIMEOUT_S}s'"
+#: Workers use at most half their grace period (``open_storage(lock_idle_timeout=...)``).
+LOCK_IDLE_TIMEOUT_S = 10.0
 
 
-def _bound_idle_time(conn: Connection) -> None:
-    """On PostgreSQL, end this transaction's session should its client stop inside it for
-    :data:`LOCK_IDLE_TIMEOUT_S`. ``SET LOCAL`` lasts until the transaction ends, so nothing
-    leaks to the next client of a server connection behind a transaction-mode pooler."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(_BOUND_IDLE_TIME)
+def _bound_idle_time_sql(seconds: float) -> str:
+    # SET LOCAL lasts until the transaction ends: nothing is left on a server connection that a
+    # transaction-mode pooler hands to another client next.
+    return f"SET LOCAL idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
 
 
 metadata = MetaData()
@@ -264,10 +262,19 @@ class ClaimCheckedRDBStorage(RDBStorage):
     through its claim's link, a re-run (``tunefleet:retry_of``) by the trial it repeats.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, lock_idle_timeout: float = LOCK_IDLE_TIMEOUT_S, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        if self.engine.dialect.name == "postgresql":
-            event.listen(self.engine, "begin", _bound_if_holding_locks)
+        if self.engine.dialect.name != "postgresql":
+            return
+        bound = _bound_idle_time_sql(lock_idle_timeout)
+
+        # At the start of each attempt: Optuna retries a failed transaction itself.
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            if getattr(_local, "holding_locks", False):
+                conn.exec_driver_sql(bound)
 
     def _create_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None = None
@@ -354,12 +361,6 @@ def _holding_locks() -> Iterator[None]:
         _local.holding_locks = before
 
 
-def _bound_if_holding_locks(conn: Connection) -> None:
-    # At the start of each attempt: Optuna retries a failed transaction itself.
-    if getattr(_local, "holding_locks", False):
-        _bound_idle_time(conn)
-
-
 def _made_before(session: Session, trial_id: int) -> optuna_models.TrialModel:
     trial = session.get(optuna_models.TrialModel, trial_id)
     assert trial is not None
@@ -371,9 +372,14 @@ class Ledger:
     """Reads and writes the tunefleet tables. Every method is one short transaction, retried on
     transient database failures when a retrier is given."""
 
-    def __init__(self, engine: Engine, retrier: Any = None) -> None:
+    def __init__(
+        self, engine: Engine, retrier: Any = None, lock_idle_timeout: float = LOCK_IDLE_TIMEOUT_S
+    ) -> None:
         self._engine = engine
         self._retrier = retrier
+        self._bound_idle_time = (
+            _bound_idle_time_sql(lock_idle_timeout) if engine.dialect.name == "postgresql" else None
+        )
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -381,7 +387,8 @@ class Ledger:
         claims, worker rows), so a stopped worker must not keep them: see
         :data:`LOCK_IDLE_TIMEOUT_S`."""
         with self._engine.begin() as conn:
-            _bound_idle_time(conn)
+            if self._bound_idle_time is not None:
+                conn.exec_driver_sql(self._bound_idle_time)
             yield conn
 
     def _insert(self, table: Table) -> Any:
