@@ -3,6 +3,8 @@ declared lost can never also be filled by that worker (issue 11, case 4)."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import random
 import signal
@@ -22,7 +24,7 @@ from tunefleet.recovery import RETRY_OF_ATTR, requeue_trial
 from tunefleet.storage import FleetStorage, open_storage
 
 from .conftest import DATA, clean_env
-from .test_chaos import signal_one
+from .test_chaos import live_worker_pids
 from .test_fault_tolerance import assert_exact_and_clean, trials, wait_for
 
 OBJ = str(DATA / "objectives.py")
@@ -252,13 +254,23 @@ def test_a_rerun_whose_commit_answer_was_lost_is_queued_once(stock_url: str, eng
     assert budget.n_claimed == 0
 
 
+def _resume(resume_at: dict[int, float], now: float) -> None:
+    """SIGCONT the stopped workers due by ``now``."""
+    for pid, due in list(resume_at.items()):
+        if due <= now:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            del resume_at[pid]
+
+
 @pytest.mark.timeout(600)  # 16 workers on a small, shared machine
 @pytest.mark.parametrize("engine", ["stock", "auto"])
 def test_sixteen_workers_killed_and_stopped_keep_the_budget_exact(
     stock_url: str, engine: str
 ) -> None:
-    """16 workers, 6 of them killed (-9) with a short grace period, on every engine the store
-    has: exactly N counted, nothing left running, no parameter set completed twice."""
+    """16 workers, 6 of them killed (-9) and 3 stopped (SIGSTOP) for 3 to 12 s with a short
+    grace period, on every engine the store has: exactly N counted, nothing left running, no
+    parameter set completed twice."""
     n = 60
     args = [
         "run",
@@ -291,19 +303,31 @@ def test_sixteen_workers_killed_and_stopped_keep_the_budget_exact(
         text=True,
     )
     rng = random.Random(11)
+    resume_at: dict[int, float] = {}  # stopped workers, and when to resume each
     try:
         deadline = time.monotonic() + 40
-        killed = 0
+        signalled = 0
         time.sleep(4)
-        while fleet.poll() is None and time.monotonic() < deadline and killed < 6:
-            # kill -9 only: a worker stopped (SIGSTOP) inside Optuna's trial-creating
-            # transaction holds the study row's lock on PostgreSQL's stock engine, and every
-            # other worker waits until it resumes (see the report of issue 11).
-            if signal_one(stock_url, signal.SIGKILL, rng):
-                killed += 1
+        while fleet.poll() is None and time.monotonic() < deadline and signalled < 9:
+            _resume(resume_at, time.monotonic())
+            pids = [p for p in live_worker_pids(stock_url) if p not in resume_at]
+            if pids:
+                pid = rng.choice(pids)
+                # Every third is stopped past the grace period and so past its lock idle bound
+                # (half that): a lock it held is released, its slot taken back; then resumed.
+                stop = signalled % 3 == 2
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP if stop else signal.SIGKILL)
+                    if stop:
+                        resume_at[pid] = time.monotonic() + rng.uniform(3, 12)
+                    signalled += 1
             time.sleep(1.0)
+        while resume_at:
+            _resume(resume_at, time.monotonic())
+            time.sleep(0.2)
         _out, err = fleet.communicate(timeout=480)
     finally:
+        _resume(resume_at, math.inf)
         if fleet.poll() is None:
             fleet.kill()
             fleet.wait()
