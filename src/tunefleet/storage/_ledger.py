@@ -306,9 +306,10 @@ class ClaimCheckedRDBStorage(RDBStorage):
         retry_of = attrs.get(RETRY_OF_ATTR)
         if retry_of is not None:
             # A re-run queued by an attempt whose commit went through but whose answer was lost
-            # (Optuna and the retrier both try again) must not be queued twice: both copies
-            # would run, one trial over the budget. Recovery queues at most one re-run of a
-            # trial, and the study's row is locked here, so a re-run found is that one.
+            # (Optuna and the retrier both try again) must not be queued twice: the copy would
+            # take a slot meant for a new trial, or be left waiting once the study is done.
+            # Recovery queues at most one re-run of a trial, and the study's row is locked
+            # here, so a re-run found is that one.
             found = session.execute(
                 select(_trial_system_attrs.c.trial_id)
                 .join(_trials, _trials.c.trial_id == _trial_system_attrs.c.trial_id)
