@@ -224,8 +224,8 @@ def _lose_the_answer_to_one_rerun_commit(storage: FleetStorage) -> list[str]:
 @pytest.mark.parametrize("engine", ["stock", "auto"])
 def test_a_rerun_whose_commit_answer_was_lost_is_queued_once(stock_url: str, engine: str) -> None:
     """Optuna retries a trial's creation when its commit fails, and so does the retrier: a
-    re-run whose commit went through but whose answer was lost must not be queued twice (both
-    copies would run, one trial over the budget)."""
+    re-run whose commit went through but whose answer was lost must not be queued twice (the
+    copy would run its parameters again, or be left waiting once the study is done)."""
     storage = open_storage(stock_url, engine=engine)
     try:
         study = optuna.create_study(
