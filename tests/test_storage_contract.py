@@ -4,9 +4,11 @@ tunefleet, and stock deletes that leave nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -281,6 +283,35 @@ def test_stock_delete_study_then_a_new_study(
     assert [row["state"] for row in json.loads(listed.stdout)] == ["COMPLETE"] * 5
     optuna.delete_study(study_name="second", storage=_stock_url(url))
     assert _run(url, "third", 4)["states"]["COMPLETE"] == 4  # type: ignore[index]
+
+
+_ORPHANS = """
+SELECT (SELECT count(*) FROM tunefleet_studies WHERE study_id NOT IN (SELECT study_id FROM studies))
+     + (SELECT count(*) FROM tunefleet_claims WHERE study_id NOT IN (SELECT study_id FROM studies))
+     + (SELECT count(*) FROM tunefleet_workers WHERE study_id NOT IN (SELECT study_id FROM studies))
+"""
+
+
+def test_rows_a_stock_delete_left_before_the_trigger_are_removed(tmp_path: Path) -> None:
+    """An embedded store from before the trigger may hold tunefleet rows of studies stock Optuna
+    deleted. SQLite gives the deleted study's id to the next study, which would inherit the
+    spent budget: the first tunefleet to open the store removes them as it adds the trigger."""
+    db = tmp_path / "tunefleet.db"
+    url = f"sqlite:///{db}"
+    assert _run(url, "first", 3)["states"]["COMPLETE"] == 3  # type: ignore[index]
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DROP TRIGGER tunefleet_study_deleted")
+    optuna.delete_study(study_name="first", storage=url)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute(_ORPHANS).fetchone()[0] > 0, "the stock delete left nothing behind"
+    summary = _run(url, "second", 5)
+    assert summary["n_trials"] == 5, summary
+    assert summary["states"]["COMPLETE"] == 5, summary  # type: ignore[index]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute(_ORPHANS).fetchone()[0] == 0
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == [
+            ("tunefleet_study_deleted",)
+        ]
 
 
 # -- one clock --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from tunefleet.objectives._common import THREADS_ENV
 from tunefleet.storage import FleetStorage, open_storage, resolve_storage_url
 from tunefleet.storage._engine import QUERY_TIMEOUT_S
 from tunefleet.storage._failures import counted_failures
+from tunefleet.storage._ledger import LOCK_IDLE_TIMEOUT_S
 from tunefleet.study import FleetStudy, default_study_name, open_study, resolve_directions
 
 __all__ = ["build_spec", "run", "study_options", "worker"]
@@ -207,6 +208,7 @@ def _prepare(spec: StudySpec) -> tuple[StudySpec, Objective, FleetStorage]:
         db_wait=spec.db_wait,
         engine=spec.storage_engine,
         query_timeout=query_timeout(spec),
+        lock_idle_timeout=lock_idle_timeout(spec),
     )
     return spec, objective, storage
 
@@ -215,6 +217,13 @@ def query_timeout(spec: StudySpec) -> float:
     """How long one database call may hang before its connection is dropped and retried: never
     longer than the grace period, after which the worker's trial is handed to others anyway."""
     return max(5.0, min(QUERY_TIMEOUT_S, spec.grace_period))
+
+
+def lock_idle_timeout(spec: StudySpec) -> float:
+    """How long a stopped worker may keep locks others wait for: at most half the grace period,
+    so they are gone before another worker takes its slot back. That worker reaps from its
+    heartbeat thread, and waiting on them would have it declared lost in turn."""
+    return min(LOCK_IDLE_TIMEOUT_S, spec.grace_period / 2)
 
 
 @click.command()

@@ -46,6 +46,7 @@ from tunefleet.storage._fast import WORKER_ATTR, FastPostgresStorage
 from tunefleet.storage._fast_sqlite import FastSqliteStorage
 from tunefleet.storage._ledger import (
     CLAIM_ATTR,
+    LOCK_IDLE_TIMEOUT_S,
     Budget,
     ClaimCheckedRDBStorage,
     ClaimTakenBack,
@@ -180,6 +181,7 @@ def open_storage(
     engine: str = "auto",
     create: bool = True,
     query_timeout: float = QUERY_TIMEOUT_S,
+    lock_idle_timeout: float = LOCK_IDLE_TIMEOUT_S,
 ) -> FleetStorage:
     """Open (and, on first use, initialise) the store at ``raw_url``.
 
@@ -194,7 +196,9 @@ def open_storage(
     ``optuna.storages.get_storage`` gives it).
 
     ``query_timeout`` bounds how long one transaction may wait on PostgreSQL before its
-    connection is presumed dead and the call retried on a new one.
+    connection is presumed dead and the call retried on a new one. ``lock_idle_timeout`` bounds
+    how long PostgreSQL lets a transaction that holds locks other workers wait for sit idle,
+    waiting on a client that may have been stopped, before it ends that client's session.
 
     ``create=False`` is for readers (``status``, ``trials``, ...): a database that holds no
     studies at all is an error rather than a place to create tables in, so a mistyped URL does
@@ -207,7 +211,7 @@ def open_storage(
     url = parse_storage_url(raw_url)
     retrier = Retrier(db_wait, display_url(url))
     try:
-        storage = retrier.call(lambda: _open_rdb(url, create, query_timeout))
+        storage = retrier.call(lambda: _open_rdb(url, create, query_timeout, lock_idle_timeout))
     except TunefleetError:
         raise
     except RuntimeError as exc:
@@ -236,13 +240,18 @@ def open_storage(
     return FleetStorage(
         url=url,
         optuna=optuna_storage,
-        ledger=Ledger(storage.engine, retrier),
+        ledger=Ledger(storage.engine, retrier, lock_idle_timeout),
         engine=storage.engine,
         retrier=retrier,
     )
 
 
-def _open_rdb(url: URL, create: bool = True, query_timeout: float = QUERY_TIMEOUT_S) -> RDBStorage:
+def _open_rdb(
+    url: URL,
+    create: bool = True,
+    query_timeout: float = QUERY_TIMEOUT_S,
+    lock_idle_timeout: float = LOCK_IDLE_TIMEOUT_S,
+) -> RDBStorage:
     names = _schema_names(url)
     if not _schema_ready(url, names):
         if not create and "studies" not in names:
@@ -252,13 +261,15 @@ def _open_rdb(url: URL, create: bool = True, query_timeout: float = QUERY_TIMEOU
             )
         with _schema_lock(url) as conn:
             create_schema(conn)
-    storage = _rdb_storage(url, create_tables=False)
+    storage = _rdb_storage(url, create_tables=False, lock_idle_timeout=lock_idle_timeout)
     configure_engine(storage.engine, query_timeout)
     _check_schema_version(storage, url)
     return storage
 
 
-def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
+def _rdb_storage(
+    url: URL, create_tables: bool, lock_idle_timeout: float = LOCK_IDLE_TIMEOUT_S
+) -> RDBStorage:
     # Optuna's own compatibility check holds a session's transaction open while it reads the
     # schema version on a second connection. Behind a transaction-mode pooler, as many workers
     # starting at once as the pool has server connections each hold one and wait for another,
@@ -269,6 +280,7 @@ def _rdb_storage(url: URL, create_tables: bool) -> RDBStorage:
         engine_kwargs=engine_kwargs(url),
         skip_table_creation=not create_tables,
         skip_compatibility_check=True,
+        lock_idle_timeout=lock_idle_timeout,
     )
 
 

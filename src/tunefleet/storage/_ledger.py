@@ -29,8 +29,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -46,6 +48,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    event,
     func,
     insert,
     or_,
@@ -92,6 +95,19 @@ _trial_system_attrs = optuna_models.TrialSystemAttributeModel.__table__
 RETRY_OF_ATTR = constants.RETRY_OF_ATTR
 #: Trial system attribute set when a trial is created: the claim (budget slot) it belongs to.
 CLAIM_ATTR = constants.CLAIM_ATTR
+#: How long a PostgreSQL transaction that holds locks other workers wait for (the study's row, a
+#: trial's row) may wait on its client before the server ends the session and so releases them.
+#: A stopped client (SIGSTOP, a frozen VM) would otherwise block every other worker until it
+#: resumes: its kernel still answers keepalives. A live worker never idles this long inside one
+#: of these transactions; should it, the call fails like a dropped connection and is retried.
+#: Workers use at most half their grace period (``open_storage(lock_idle_timeout=...)``).
+LOCK_IDLE_TIMEOUT_S = 10.0
+
+
+def _bound_idle_time_sql(seconds: float) -> str:
+    # SET LOCAL lasts until the transaction ends: nothing is left on a server connection that a
+    # transaction-mode pooler hands to another client next.
+    return f"SET LOCAL idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
 
 
 metadata = MetaData()
@@ -240,12 +256,72 @@ class ClaimCheckedRDBStorage(RDBStorage):
     lost, its slot given back, and then create and complete a trial that no slot accounts for:
     one trial more than the budget. The finish is already checked in one transaction by Optuna
     (only a RUNNING trial can be told), and a taken-back trial is failed before its slot is.
+
+    Creating a trial is safe to repeat after a commit whose answer was lost (Optuna retries it,
+    and so does :class:`~tunefleet.storage._retry.RetryingStorage`): a claimed trial is found
+    through its claim's link, a re-run (``tunefleet:retry_of``) by the trial it repeats.
     """
+
+    def __init__(
+        self, *args: Any, lock_idle_timeout: float = LOCK_IDLE_TIMEOUT_S, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if self.engine.dialect.name != "postgresql":
+            return
+        bound = _bound_idle_time_sql(lock_idle_timeout)
+
+        # At the start of each attempt: Optuna retries a failed transaction itself.
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            if getattr(_local, "holding_locks", False):
+                conn.exec_driver_sql(bound)
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        _local.found_trial_id = None
+        # Optuna locks the study's row for the whole transaction: every worker's next trial
+        # waits for it.
+        with _holding_locks():
+            frozen = super()._create_new_trial(study_id, template_trial)
+        if _local.found_trial_id == frozen._trial_id:
+            # Made by an earlier attempt: the template's copy would show the state the trial was
+            # made in, and another worker may have started or finished it since. Optuna's cache
+            # keeps what this returns.
+            return self.get_trial(frozen._trial_id)
+        return frozen
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        # Optuna locks the trial's row: a stopped worker telling its trial would hold up the
+        # worker that fails it as lost, in that worker's heartbeat thread.
+        with _holding_locks():
+            return super().set_trial_state_values(trial_id, state, values)
 
     def _get_prepared_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None, session: Session
     ) -> optuna_models.TrialModel:
         attrs = template_trial.system_attrs if template_trial is not None else {}
+        retry_of = attrs.get(RETRY_OF_ATTR)
+        if retry_of is not None:
+            # A re-run queued by an attempt whose commit went through but whose answer was lost
+            # (Optuna and the retrier both try again) must not be queued twice: the copy would
+            # take a slot meant for a new trial, or be left waiting once the study is done.
+            # Recovery queues at most one re-run of a trial, and the study's row is locked
+            # here, so a re-run found is that one.
+            found = session.execute(
+                select(_trial_system_attrs.c.trial_id)
+                .join(_trials, _trials.c.trial_id == _trial_system_attrs.c.trial_id)
+                .where(
+                    _trials.c.study_id == study_id,
+                    _trial_system_attrs.c.key == RETRY_OF_ATTR,
+                    _trial_system_attrs.c.value_json == json.dumps(retry_of),
+                )
+                .limit(1)
+            ).scalar_one_or_none()
+            if found is not None:
+                return _made_before(session, found)
         claim_id, worker_id = attrs.get(CLAIM_ATTR), attrs.get(constants.WORKER_ATTR)
         if claim_id is None or worker_id is None:
             return super()._get_prepared_new_trial(study_id, template_trial, session)
@@ -261,9 +337,7 @@ class ClaimCheckedRDBStorage(RDBStorage):
         if row is None:
             raise ClaimTakenBack(f"claim {claim_id} of worker {worker_id} was taken back")
         if row[0] is not None:  # a retry after a commit whose answer was lost
-            existing = session.get(optuna_models.TrialModel, row[0])
-            assert existing is not None
-            return existing
+            return _made_before(session, row[0])
         trial = super()._get_prepared_new_trial(study_id, template_trial, session)
         session.execute(
             update(fleet_claims)
@@ -273,13 +347,50 @@ class ClaimCheckedRDBStorage(RDBStorage):
         return trial
 
 
+# Per thread: the trial an attempt at creating one found made by an earlier attempt, if any, and
+# whether the transactions begun now hold locks other workers wait for.
+_local = threading.local()
+
+
+@contextmanager
+def _holding_locks() -> Iterator[None]:
+    before = getattr(_local, "holding_locks", False)
+    _local.holding_locks = True
+    try:
+        yield
+    finally:
+        _local.holding_locks = before
+
+
+def _made_before(session: Session, trial_id: int) -> optuna_models.TrialModel:
+    trial = session.get(optuna_models.TrialModel, trial_id)
+    assert trial is not None
+    _local.found_trial_id = trial_id
+    return trial
+
+
 class Ledger:
     """Reads and writes the tunefleet tables. Every method is one short transaction, retried on
     transient database failures when a retrier is given."""
 
-    def __init__(self, engine: Engine, retrier: Any = None) -> None:
+    def __init__(
+        self, engine: Engine, retrier: Any = None, lock_idle_timeout: float = LOCK_IDLE_TIMEOUT_S
+    ) -> None:
         self._engine = engine
         self._retrier = retrier
+        self._bound_idle_time = (
+            _bound_idle_time_sql(lock_idle_timeout) if engine.dialect.name == "postgresql" else None
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that writes. Each locks rows other workers wait for (the study's row,
+        claims, worker rows), so a stopped worker must not keep them: see
+        :data:`LOCK_IDLE_TIMEOUT_S`."""
+        with self._engine.begin() as conn:
+            if self._bound_idle_time is not None:
+                conn.exec_driver_sql(self._bound_idle_time)
+            yield conn
 
     def _insert(self, table: Table) -> Any:
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
@@ -293,7 +404,7 @@ class Ledger:
         the same ``--timeout`` must not move it. ``n_trials`` is absolute, so setting it again
         is idempotent, and a larger value extends a finished study.
         """
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             row = {
                 "study_id": study_id,
                 "n_trials": n_trials,
@@ -364,7 +475,7 @@ class Ledger:
         retried = False
 
         def attempt() -> tuple[int, int | None] | None:
-            with self._engine.begin() as conn:
+            with self._write() as conn:
                 if retried:
                     # The previous attempt may have committed before its connection dropped.
                     found = conn.execute(
@@ -432,7 +543,7 @@ class Ledger:
     @_retried
     def attach(self, claim_id: int, trial_id: int) -> None:
         """Record which trial a claimed slot became."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_claims)
                 .where(fleet_claims.c.claim_id == claim_id)
@@ -442,7 +553,7 @@ class Ledger:
     @_retried
     def mark_requeue(self, claim_id: int) -> None:
         """Keep the slot open while its trial is failed and re-queued (see :meth:`release`)."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_claims).where(fleet_claims.c.claim_id == claim_id).values(requeue=1)
             )
@@ -450,7 +561,7 @@ class Ledger:
     @_retried
     def keep_claim(self, claim_id: int) -> None:
         """Undo :meth:`mark_requeue`: the trial finished after all and keeps its slot."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_claims).where(fleet_claims.c.claim_id == claim_id).values(requeue=0)
             )
@@ -458,7 +569,7 @@ class Ledger:
     @_retried
     def release(self, claim_id: int) -> None:
         """Give a slot back: its trial did not finish by the objective's hand and must not count."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             study_id = conn.execute(
                 fleet_claims.delete()
                 .where(fleet_claims.c.claim_id == claim_id)
@@ -474,7 +585,7 @@ class Ledger:
     @_retried
     def register_worker(self, study_id: int, worker_id: str, host: str, pid: int) -> int:
         """Add a worker to the registry; return its ordinal in the study (0, 1, 2, ...)."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             existing = conn.execute(
                 select(fleet_workers.c.ordinal).where(fleet_workers.c.worker_id == worker_id)
             ).scalar_one_or_none()
@@ -506,7 +617,7 @@ class Ledger:
         """Record that the worker is alive. Returns False if it had been declared lost (it is
         revived: a live worker in a long pause must be able to carry on). Not retried: a missed
         beat is simply tried again at the next interval."""
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             was_lost = conn.execute(
                 update(fleet_workers)
                 .where(fleet_workers.c.worker_id == worker_id)
@@ -517,7 +628,7 @@ class Ledger:
 
     @_retried
     def worker_finished(self, worker_id: str, reason: str) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(fleet_workers)
                 .where(fleet_workers.c.worker_id == worker_id)
@@ -533,7 +644,7 @@ class Ledger:
         serialises writers), and should this worker die half-way, its own claims go stale in
         turn and are taken over again.
         """
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             now = conn.execute(select(epoch_now())).scalar_one()
             conn.execute(
                 update(fleet_workers)

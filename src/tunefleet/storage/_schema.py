@@ -48,6 +48,14 @@ BEGIN
 END""",
 }
 
+# Rows of studies that no longer exist, which stock deletes left before the trigger existed: the
+# next study to get a deleted study's id would inherit its spent budget and its claims. Removed
+# once, when the trigger is installed (before it, so an interrupted upgrade does it again).
+_SQLITE_ORPHANS = tuple(
+    f"DELETE FROM {table} WHERE study_id NOT IN (SELECT study_id FROM studies)"
+    for table in ("tunefleet_claims", "tunefleet_workers", "tunefleet_studies")
+)
+
 
 def create_schema(conn: Connection) -> None:
     optuna_models.BaseModel.metadata.create_all(conn)
@@ -58,6 +66,12 @@ def create_schema(conn: Connection) -> None:
         for ddl in fast_sql.FUNCTIONS:
             conn.exec_driver_sql(ddl)
     if conn.dialect.name == "sqlite":
+        triggers = set(
+            conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars()
+        )
+        if "tunefleet_study_deleted" not in triggers:
+            for dml in _SQLITE_ORPHANS:
+                conn.exec_driver_sql(dml)
         for ddl in SQLITE_TRIGGERS.values():
             conn.exec_driver_sql(ddl)
     version_info = optuna_models.VersionInfoModel.__table__
