@@ -22,7 +22,6 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tunefleet.storage import FleetStorage, open_storage
-from tunefleet.storage._fast import FastPostgresStorage
 from tunefleet.storage._fast_core import FastStorage
 
 from .conftest import DATA, clean_env, tunefleet
