@@ -98,9 +98,25 @@ class FakeCluster:
                     del self.objects[key]
         return found is not None
 
-    def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
-        self._record("logs", "Pod", pod, {"follow": follow})
-        yield from self.pod_logs.get(pod, [])
+    def logs(
+        self,
+        pod: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: int | None = None,
+        timestamps: bool = False,
+    ) -> Iterator[str]:
+        # Recorded as asked; only what differs from the defaults besides ``follow``.
+        limits = {"tail": tail, "since": since, "timestamps": timestamps or None}
+        self._record(
+            "logs", "Pod", pod, {"follow": follow, **{k: v for k, v in limits.items() if v}}
+        )
+        lines = self.pod_logs.get(pod, [])
+        if tail is not None:  # what the API server does with tailLines
+            lines = lines[len(lines) - tail :] if tail else []
+        for line in lines:
+            yield f"2026-01-01T00:00:00Z {line}" if timestamps else line
 
     def server_version(self) -> tuple[int, int]:
         self._record("get", "Version", "", None)

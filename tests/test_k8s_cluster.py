@@ -440,6 +440,73 @@ def test_following_logs_picks_up_replacement_pods_until_the_job_is_done(
     assert sorted(followed) == ["w-1", "w-2", "w-3"]
 
 
+def test_logs_tail_since_and_timestamps_reach_the_api(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = _fleet(cluster, URL)
+    cluster.add_pod(job, "w-1")
+    cluster.pod_logs = {"w-1": ["one", "two", "three"]}
+    code, out, err = run_cli(
+        capsys, "k8s", "logs", "--study", "iris", "--tail", "2", "--since", "1h30m",
+        "--timestamps",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines() == [
+        "[w-1] 2026-01-01T00:00:00Z two",
+        "[w-1] 2026-01-01T00:00:00Z three",
+    ]
+    asked = {"follow": False, "tail": 2, "since": 5400, "timestamps": True}
+    assert ("logs", "Pod", "w-1", asked) in cluster.requests
+
+
+@pytest.mark.parametrize(
+    ("since", "seconds"), [("90", 90), ("45s", 45), ("10m", 600), ("2h", 7200), ("1h5m3s", 3903)]
+)
+def test_logs_since_takes_kubectls_durations(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], since: str, seconds: int
+) -> None:
+    job = _fleet(cluster, URL)
+    cluster.add_pod(job, "w-1")
+    code, _out, err = run_cli(capsys, "k8s", "logs", "--study", "iris", "--since", since)
+    assert code == 0, err
+    assert ("logs", "Pod", "w-1", {"follow": False, "since": seconds}) in cluster.requests
+
+
+@pytest.mark.parametrize("since", ["5x", "m", "-3s", "1.5h", ""])
+def test_a_bad_since_is_one_line_naming_the_fix(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str], since: str
+) -> None:
+    code, out, err = run_cli(capsys, "k8s", "logs", "--study", "iris", "--since", since)
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "is not a duration: write e.g. 30s, 5m, 2h or 1h30m" in err
+
+
+def test_following_logs_limits_only_the_pods_running_at_the_start(cluster: FakeCluster) -> None:
+    job = _fleet(cluster, URL)
+    cluster.add_pod(job, "w-1")
+    cluster.pod_logs = {"w-1": ["old", "new"], "w-2": ["first", "second"]}
+    lists = []
+
+    def timeline(c: FakeCluster) -> None:
+        lists.append(1)
+        if len(lists) == 2:  # w-2 replaces w-1 while following
+            del c.objects[("Pod", "w-1")]
+            c.add_pod(job, "w-2")
+        if len(lists) == 3:
+            _finish(c, "Complete")
+
+    cluster.before_list_pods = timeline
+    seen: list[tuple[str, str]] = []
+    stream_logs(
+        cluster, job, lambda pod, line: seen.append((pod, line)), follow=True, tail=1,
+        since=60, poll_s=0.05,
+    )  # fmt: skip
+    assert sorted(seen) == [("w-1", "new"), ("w-2", "first"), ("w-2", "second")]
+    asked = {n: b for v, k, n, b in cluster.requests if v == "logs"}
+    assert asked == {"w-1": {"follow": True, "tail": 1, "since": 60}, "w-2": {"follow": True}}
+
+
 def test_following_logs_ends_when_the_job_is_deleted(cluster: FakeCluster) -> None:
     job = _fleet(cluster, URL)
     cluster.add_pod(job, "w-1", phase="Succeeded", exit_code=0)
@@ -746,6 +813,14 @@ def test_adapter_gets_lists_deletes_and_streams_logs(kubeconfig: str) -> None:
     assert by_path["/apis/batch/v1/namespaces/ml/jobs/j"].url.params["propagationPolicy"] == (
         "Background"
     )
+    assert list(cluster.logs("w-1", tail=5, since=60, timestamps=True)) == ["line one", "line two"]
+    assert dict(server.requests[-1].url.params) == {
+        "container": "worker",
+        "follow": "false",
+        "sinceSeconds": "60",
+        "tailLines": "5",
+        "timestamps": "true",
+    }
 
 
 @pytest.mark.parametrize(

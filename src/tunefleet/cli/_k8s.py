@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -599,23 +600,61 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def _seconds(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A duration as kubectl writes it (``90s``, ``5m``, ``1h30m``; a bare number is seconds),
+    in whole seconds."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        raise click.BadParameter(f"'{value}' is not a duration: write e.g. 30s, 5m, 2h or 1h30m")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
 @k8s.command()
 @_fleet_study_option
 @_cluster_options
 @click.option("-f", "--follow", is_flag=True, help="Stream until the Job has finished.")
+@click.option(
+    "--tail",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Only the last N lines of each pod (as kubectl logs --tail).",
+)
+@click.option(
+    "--since",
+    callback=_seconds,
+    metavar="DURATION",
+    help="Only lines newer than this, e.g. 10m or 1h (as kubectl logs --since).",
+)
+@click.option("--timestamps", is_flag=True, help="Start each line with the time its pod wrote it.")
 def logs(
     study: str | None,
     namespace: str | None,
     context: str | None,
     kubeconfig: str | None,
     follow: bool,
+    tail: int | None,
+    since: int | None,
+    timestamps: bool,
 ) -> int:
     """Print every worker pod's log, each line prefixed by its pod, as stern does.
 
     With --follow, streams all pods at once and picks up replacement pods as they start, until
-    the Job has finished. Example:
+    the Job has finished; --tail and --since limit what is shown of the pods running at the
+    start, a replacement is shown whole. Examples:
 
+    \b
         tunefleet k8s logs --study iris --follow
+        tunefleet k8s logs --study iris --since 10m --timestamps
     """
     from rich.console import Console
     from rich.text import Text
@@ -633,7 +672,9 @@ def logs(
         console.print(Text.assemble((f"[{pod}] ", style), line))
 
     try:
-        fleet.stream_logs(cluster, job, emit, follow=follow)
+        fleet.stream_logs(
+            cluster, job, emit, follow=follow, tail=tail, since=since, timestamps=timestamps
+        )
     except KeyboardInterrupt:
         return 130
     return 0

@@ -68,8 +68,18 @@ class Cluster(Protocol):
         """Delete with background propagation (a Job's pods go with it); False if not found."""
         ...
 
-    def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
-        """The worker container's log lines (without newlines); ``follow`` streams until it ends."""
+    def logs(
+        self,
+        pod: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: int | None = None,
+        timestamps: bool = False,
+    ) -> Iterator[str]:
+        """The worker container's log lines (without newlines); ``follow`` streams until it ends.
+        ``tail``: only the last lines; ``since``: only lines of the last seconds; ``timestamps``:
+        each line starts with the time the kubelet took it (RFC 3339)."""
         ...
 
     def server_version(self) -> tuple[int, int]:
@@ -218,13 +228,24 @@ class _LightkubeCluster:
             raise self._error(exc, "delete", kind, name) from None
         return True
 
-    def logs(self, pod: str, *, follow: bool = False) -> Iterator[str]:
+    def logs(
+        self,
+        pod: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: int | None = None,
+        timestamps: bool = False,
+    ) -> Iterator[str]:
         try:
             lines = self._client.log(
                 pod,
                 namespace=self._namespace,
                 container="worker",
                 follow=follow,
+                tail_lines=tail,
+                since=since,
+                timestamps=timestamps,
                 newlines=False,
             )
             yield from lines

@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -461,20 +461,35 @@ def stream_logs(
     emit: Callable[[str, str], None],
     *,
     follow: bool,
+    tail: int | None = None,
+    since: int | None = None,
+    timestamps: bool = False,
     poll_s: float = 2.0,
 ) -> None:
     """Pass every log line of every worker pod to ``emit(pod, line)``, redacted.
 
     With ``follow``, stream all pods at once, pick up pods that appear later (replacements) and
-    return when the Job has finished (or is gone) and every stream has ended.
+    return when the Job has finished (or is gone) and every stream has ended. ``tail`` and
+    ``since`` (seconds) limit what is shown of the pods running at the start; a replacement that
+    starts while following is shown whole. ``timestamps`` starts each line with its time.
     """
     name = job["metadata"]["name"]
+
+    def read(pod: str, limited: bool = True) -> Iterator[str]:
+        return cluster.logs(
+            pod,
+            follow=follow,
+            tail=tail if limited else None,
+            since=since if limited else None,
+            timestamps=timestamps,
+        )
+
     if not follow:
         for pod in worker_pods(cluster, job):
             if _started(pod):
                 pod_name = pod["metadata"]["name"]
                 try:
-                    for line in cluster.logs(pod_name):
+                    for line in read(pod_name):
                         emit(pod_name, redact(line))
                 except ClusterError as exc:  # deleted meanwhile, say: the others still count
                     emit(pod_name, f"(no log: {exc})")
@@ -484,15 +499,16 @@ def stream_logs(
     followed: set[str] = set()
     open_streams = 0
 
-    def pump(pod: str) -> None:
+    def pump(pod: str, limited: bool) -> None:
         try:
-            for line in cluster.logs(pod, follow=True):
+            for line in read(pod, limited):
                 lines.put((pod, line))
         except ClusterError as exc:  # e.g. the pod was deleted meanwhile: say so, go on
             lines.put((pod, f"(log stream ended: {exc})"))
         finally:
             lines.put((pod, None))
 
+    first = True
     while True:
         current = cluster.get("Job", name)
         finished = current is None or job_state(current)[0] in ("Complete", "Failed")
@@ -501,7 +517,8 @@ def stream_logs(
             if pod_name not in followed and _started(pod):
                 followed.add(pod_name)
                 open_streams += 1
-                threading.Thread(target=pump, args=(pod_name,), daemon=True).start()
+                threading.Thread(target=pump, args=(pod_name, first), daemon=True).start()
+        first = False
         deadline = time.monotonic() + poll_s
         while True:
             try:
