@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -253,6 +254,13 @@ def test_a_fleet_survives_deleted_and_evicted_pods_and_cleans_up_after_itself(
         status = cli("k8s", "status", "--study", study)
         assert "Complete" in status.stdout, status.stdout + status.stderr
         assert f"{N_TRIALS} of {N_TRIALS} counted" in status.stdout, status.stdout
+        # The API server's tailLines and timestamps: one line per pod, with the kubelet's time.
+        tail = cli("k8s", "logs", "--study", study, "--tail", "1", "--timestamps")
+        assert tail.returncode == 0, tail.stderr
+        lines = tail.stdout.splitlines()
+        pods_shown = [line.split("]", 1)[0] for line in lines]
+        assert lines and len(pods_shown) == len(set(pods_shown)), tail.stdout
+        assert all(re.match(r"\[\S+\] \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", x) for x in lines), lines
         assert follow.wait(timeout=120) == 0
         assert local.wait(timeout=120) == 0, local_log.read_text()
     finally:
