@@ -2,9 +2,18 @@
 
 Runs a trivial objective with W worker processes on a study of N trials, for each storage:
 
-* ``optuna``         — stock Optuna: ``study.optimize(n_trials=N/W)`` in each process, RDBStorage;
+* ``optuna``          — stock Optuna: ``study.optimize(n_trials=N/W)`` in each process, a bare
+  ``RDBStorage`` (what ``optuna.create_study(storage=URL)`` gives);
+* ``optuna-cached``   — the same through ``optuna.storages.get_storage(URL)``: ``RDBStorage``
+  behind Optuna's cache of finished trials;
+* ``optuna-redis``    — stock Optuna on its Redis journal (``JournalRedisBackend``) against the
+  Redis at ``$TUNEFLEET_BENCH_REDIS`` (default ``redis://127.0.0.1:6379/0``), each run under a key
+  prefix of its own;
 * ``tunefleet-stock`` — tunefleet workers on Optuna's RDBStorage (``--storage-engine stock``);
 * ``tunefleet-fast``  — tunefleet workers on the fast path (the default on PostgreSQL).
+
+With ``--repeats R`` the engines take turns, R rounds of one run each, so that a machine that
+gets busier or quieter over time affects them alike; the table shows each one's median.
 
 It starts a throwaway PostgreSQL (``pg_stat_statements`` loaded) from the binaries on this machine,
 so statements and server time per trial are counted by the server itself. ``--rtt-ms`` puts a
@@ -17,8 +26,10 @@ delaying proxy between the workers and the server. Usage::
 Prints a Markdown table: trials/s (median of --repeats) and the ratio to stock Optuna in the same
 configuration; per trial, the statements the workers sent (``pg_stat_statements``, top level),
 commits, and CPU time of the worker processes (client) and of the server (every PostgreSQL
-process, from ``/proc``); the peak number of connections per worker; and the fleet's time per
-trial over the study's first and last 100 trials (how the cost grows with the study's size).
+process and the Redis server, from ``/proc``); the peak number of connections per worker; and the
+fleet's time per trial over the study's first and last 100 trials (how the cost grows with the
+study's size). Redis sends no SQL and the latency proxy is PostgreSQL's: ``optuna-redis`` shows
+"-" for statements, commits and connections, and is left out with ``--rtt-ms`` above 0.
 """
 
 from __future__ import annotations
@@ -40,7 +51,8 @@ import psycopg
 from tests.latency_proxy import LatencyProxy
 from tests.pgserver import ThrowawayPostgres
 
-ENGINES = ("optuna", "tunefleet-stock", "tunefleet-fast")
+ENGINES = ("optuna", "optuna-cached", "optuna-redis", "tunefleet-stock", "tunefleet-fast")
+REDIS_URL = os.environ.get("TUNEFLEET_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def objective_2(trial: optuna.Trial) -> float:
@@ -80,10 +92,9 @@ def _worker(
     """One worker process; adds the CPU seconds it spent after the start line to ``cpu``."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     func = objective_2 if params == 2 else objective_14
-    if engine == "optuna":
-        storage = optuna.storages.RDBStorage(url)
+    if engine.startswith("optuna"):
         loaded = optuna.load_study(
-            study_name=study, storage=storage, sampler=_sampler(sampler, index)
+            study_name=study, storage=_stock_storage(engine, url), sampler=_sampler(sampler, index)
         )
         barrier.wait()
         started = time.process_time()
@@ -108,6 +119,19 @@ def _worker(
         cpu.value += time.process_time() - started
 
 
+def _stock_storage(engine: str, url: str) -> optuna.storages.BaseStorage:
+    """Stock Optuna's storage for ``engine``; ``url`` is the database's, or for Redis
+    ``REDIS_URL#prefix``."""
+    if engine == "optuna-cached":
+        return optuna.storages.get_storage(url)
+    if engine == "optuna-redis":
+        from optuna.storages.journal import JournalRedisBackend
+
+        redis_url, _, prefix = url.partition("#")
+        return optuna.storages.JournalStorage(JournalRedisBackend(redis_url, prefix=prefix))
+    return optuna.storages.RDBStorage(url)
+
+
 @dataclass
 class Result:
     trials_per_s: float
@@ -120,16 +144,22 @@ class Result:
     last_ms: float  # ... and over its last 100: the growth of the per-trial cost with its size
 
 
-def _growth(url: str) -> tuple[float, float]:
+def _growth(url: str, redis_study: str | None = None) -> tuple[float, float]:
     """Time per completed trial over the first and the last 100 completions of the study."""
-    with psycopg.connect(url) as conn:
-        done = [
-            row[0]
-            for row in conn.execute(
-                "SELECT datetime_complete FROM trials WHERE datetime_complete IS NOT NULL "
-                "ORDER BY datetime_complete"
-            )
-        ]
+    if redis_study is not None:
+        trials = optuna.load_study(
+            study_name="bench", storage=_stock_storage("optuna-redis", redis_study)
+        ).trials
+        done = sorted(t.datetime_complete for t in trials if t.datetime_complete is not None)
+    else:
+        with psycopg.connect(url) as conn:
+            done = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT datetime_complete FROM trials WHERE datetime_complete IS NOT NULL "
+                    "ORDER BY datetime_complete"
+                )
+            ]
     window = min(100, len(done) // 2 - 1)
     if window < 1:
         return float("nan"), float("nan")
@@ -178,6 +208,19 @@ def _server_cpu_s(server: ThrowawayPostgres) -> float:
     return total
 
 
+def _redis_cpu_s() -> float:
+    """CPU seconds used so far by the Redis servers on this machine (0 if none is visible)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                name, fields = (entry / "stat").read_text().rsplit(")", 1)
+                if name.endswith("(redis-server"):
+                    rest = fields.split()
+                    total += (int(rest[11]) + int(rest[12])) / _TICK
+    return total
+
+
 def run_one(
     server: ThrowawayPostgres,
     engine: str,
@@ -201,6 +244,11 @@ def run_one(
     study_id = storage.optuna.create_new_study([optuna.study.StudyDirection.MINIMIZE], "bench")
     storage.ledger.ensure_study(study_id, n_trials, None)
     storage.close()
+    redis_study = (
+        f"{REDIS_URL}#tunefleet-bench-{os.getpid()}-{tag}:" if engine == "optuna-redis" else None
+    )
+    if redis_study is not None:
+        optuna.create_study(study_name="bench", storage=_stock_storage(engine, redis_study))
 
     with (
         _maybe_proxy(server.port, rtt_ms) as port,
@@ -215,7 +263,7 @@ def run_one(
         admin.execute("SELECT pg_stat_statements_reset()")
         time.sleep(0.6)  # pg_stat_database is refreshed about every 500 ms
         calls0, commits0 = _stats(admin, database)
-        server0 = _server_cpu_s(server)
+        server0 = _server_cpu_s(server) + _redis_cpu_s()
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(n_workers + 1)
         # Worker CPU is counted from the start line: start-up (imports) is not per-trial work.
@@ -225,7 +273,7 @@ def run_one(
                 target=_worker,
                 args=(
                     engine,
-                    worker_url,
+                    redis_study or worker_url,
                     "bench",
                     n_trials,
                     n_workers,
@@ -246,11 +294,13 @@ def run_one(
         for p in procs:
             p.join()
         wall = time.perf_counter() - started
-        server1 = _server_cpu_s(server)
+        server1 = _server_cpu_s(server) + _redis_cpu_s()
         peak.stop()
         time.sleep(0.6)
         calls1, commits1 = _stats(admin, database)
-    first_ms, last_ms = _growth(url)
+    first_ms, last_ms = _growth(url, redis_study)
+    if redis_study is not None:
+        _drop_redis_keys(redis_study.partition("#")[2])
     return Result(
         n_trials / wall,
         (calls1 - calls0) / n_trials,
@@ -261,6 +311,15 @@ def run_one(
         first_ms,
         last_ms,
     )
+
+
+def _drop_redis_keys(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
 
 
 @contextlib.contextmanager
@@ -326,12 +385,12 @@ def main() -> None:
             for sampler in args.samplers:
                 for params in args.params:
                     for workers in args.workers:
-                        baseline: float | None = None
-                        for engine in args.engines:
-                            runs = []
-                            for _ in range(args.repeats):
+                        engines = [e for e in args.engines if not (e == "optuna-redis" and rtt > 0)]
+                        runs: dict[str, list[Result]] = {e: [] for e in engines}
+                        for _ in range(args.repeats):
+                            for engine in engines:  # in turns: see the module docstring
                                 tag += 1
-                                runs.append(
+                                runs[engine].append(
                                     run_one(
                                         server,
                                         engine,
@@ -343,17 +402,24 @@ def main() -> None:
                                         str(tag),
                                     )
                                 )
-                            best = sorted(runs, key=lambda r: r.trials_per_s)[len(runs) // 2]
-                            rate = statistics.median(r.trials_per_s for r in runs)
-                            if engine == "optuna":
-                                baseline = rate
+                        rates = {
+                            e: statistics.median(r.trials_per_s for r in runs[e]) for e in engines
+                        }
+                        baseline = rates.get("optuna")
+                        for engine in engines:
+                            rate = rates[engine]
+                            best = sorted(runs[engine], key=lambda r: r.trials_per_s)[
+                                len(runs[engine]) // 2
+                            ]
                             ratio = f"{rate / baseline:.1f}x" if baseline else "-"
+                            on_pg = engine != "optuna-redis"  # Redis sends no SQL
                             print(
                                 f"| {rtt:g} ms | {sampler} | {params} | {workers} | {engine} | "
-                                f"{rate:.1f} | {ratio} | {best.statements:.1f} | "
-                                f"{best.commits:.1f} | {best.client_cpu_ms:.2f} | "
-                                f"{best.server_cpu_ms:.2f} | "
-                                f"{best.peak_connections / workers:.1f} | "
+                                f"{rate:.1f} | {ratio} | "
+                                f"{f'{best.statements:.1f}' if on_pg else '-'} | "
+                                f"{f'{best.commits:.1f}' if on_pg else '-'} | "
+                                f"{best.client_cpu_ms:.2f} | {best.server_cpu_ms:.2f} | "
+                                f"{f'{best.peak_connections / workers:.1f}' if on_pg else '-'} | "
                                 f"{best.first_ms:.2f} | {best.last_ms:.2f} |",
                                 flush=True,
                             )
