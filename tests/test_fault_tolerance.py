@@ -182,6 +182,48 @@ def test_paused_worker_declared_lost_carries_on_without_corrupting(pg_url: str) 
     assert_exact_and_clean(pg_url, "pause", 6)
 
 
+# A real worker whose first taking over of stopped workers' trials blocks for 4 s, as behind a
+# stopped worker's lock: longer than the grace period.
+SLOW_REAPER = """
+import sys, time
+from tunefleet.storage._ledger import Ledger
+original = Ledger.take_stale_claims
+calls = []
+def take_stale_claims(self, *args, **kwargs):
+    if not calls:
+        calls.append(1)
+        time.sleep(4)
+    return original(self, *args, **kwargs)
+Ledger.take_stale_claims = take_stale_claims
+from tunefleet.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_worker_blocked_while_reaping_keeps_beating(pg_url: str) -> None:
+    """Taking over a stopped worker's trials can wait on the database's locks; it happens in a
+    thread of its own, so the worker's heartbeat goes on and no other worker declares it lost
+    (when both shared a thread, a reaper stuck for longer than the grace period was)."""
+    study = ["--study", "reaper", "--storage", pg_url, "--n-trials", "60", *FAST_RECOVERY]
+    env = {**clean_env(), "SLEEP_S": "0.2"}
+    blocked = subprocess.Popen(
+        [sys.executable, "-c", SLOW_REAPER, "worker", f"{OBJ}:sleepy", *study],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    other = spawn("worker", f"{OBJ}:sleepy", *study, env={"SLEEP_S": "0.2"})
+    _, blocked_err = blocked.communicate(timeout=120)
+    _, other_err = other.communicate(timeout=120)
+    assert blocked.returncode == 0 and other.returncode == 0, blocked_err + other_err
+    assert "declared lost" not in blocked_err + other_err
+    final = assert_exact_and_clean(pg_url, "reaper", 60)
+    assert not [t for t in final if "tunefleet:lost" in t.system_attrs]
+    workers = {t.system_attrs["tunefleet:worker"] for t in final}
+    assert len(workers) == 2, "both workers ran trials throughout"
+
+
 def test_local_fleet_restarts_a_killed_worker(pg_url: str, tmp_path: Path) -> None:
     args = [
         "run",

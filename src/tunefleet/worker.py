@@ -87,8 +87,9 @@ def new_worker_id() -> str:
 class Worker:
     """Runs trials of one study until it is done.
 
-    Besides the trial loop, a background thread beats the worker's heartbeat into the registry
-    and takes over the trials of workers that stopped beating (see :mod:`tunefleet.recovery`).
+    Besides the trial loop, a background thread beats the worker's heartbeat into the registry,
+    and another takes over the trials of workers that stopped beating (see
+    :mod:`tunefleet.recovery`).
     """
 
     def __init__(self, storage: FleetStorage, spec: StudySpec, objective: Objective) -> None:
@@ -369,7 +370,12 @@ class Worker:
 
 
 class _Heartbeat(threading.Thread):
-    """Beats the worker's heartbeat and takes over the trials of workers that stopped beating.
+    """Beats the worker's heartbeat, and, in a thread of its own, takes over the trials of
+    workers that stopped beating.
+
+    Taking over waits on the database's locks (a stopped worker's row, up to the lock bound of
+    :mod:`tunefleet.storage._ledger`), so it never runs in the thread that beats: however long it
+    waits, this worker keeps beating and is not declared lost in turn.
 
     Reaping waits until this worker has itself been able to reach the database for a full grace
     period: after an outage every worker's last beat is old, and without the wait the first
@@ -382,10 +388,18 @@ class _Heartbeat(threading.Thread):
         self.study_id = study_id
         self._stopped = threading.Event()
         self._healthy_since: float | None = None
+        self._reaper = threading.Thread(
+            target=self._reap_loop, name="tunefleet-reaper", daemon=True
+        )
+
+    def start(self) -> None:
+        super().start()
+        self._reaper.start()
 
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=10)
+        self._reaper.join(timeout=10)
 
     def run(self) -> None:
         spec = self.worker.spec
@@ -408,11 +422,23 @@ class _Heartbeat(threading.Thread):
                 worker.worker_id,
                 worker.spec.grace_period,
             )
-        now = time.monotonic()
         if self._healthy_since is None:
-            self._healthy_since = now
-        if now - self._healthy_since < worker.spec.grace_period:
-            return
+            self._healthy_since = time.monotonic()
+
+    def _reap_loop(self) -> None:
+        spec = self.worker.spec
+        while not self._stopped.wait(spec.heartbeat_interval):
+            healthy_since = self._healthy_since
+            if healthy_since is None or time.monotonic() - healthy_since < spec.grace_period:
+                continue
+            try:
+                self._reap()
+            except Exception as exc:  # tried again at the next interval
+                log.debug("taking over stopped workers' trials failed: %s", redact(str(exc)))
+
+    def _reap(self) -> None:
+        worker = self.worker
+        ledger = worker.storage.ledger
         for claim in ledger.take_stale_claims(
             self.study_id, worker.worker_id, worker.spec.grace_period
         ):

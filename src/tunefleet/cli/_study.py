@@ -221,8 +221,8 @@ def query_timeout(spec: StudySpec) -> float:
 
 def lock_idle_timeout(spec: StudySpec) -> float:
     """How long a stopped worker may keep locks others wait for: at most half the grace period,
-    so they are gone before another worker takes its slot back. That worker reaps from its
-    heartbeat thread, and waiting on them would have it declared lost in turn."""
+    so they are gone before another worker takes its slot back, which would otherwise wait on
+    them."""
     return min(LOCK_IDLE_TIMEOUT_S, spec.grace_period / 2)
 
 

@@ -295,7 +295,7 @@ class ClaimCheckedRDBStorage(RDBStorage):
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
         # Optuna locks the trial's row: a stopped worker telling its trial would hold up the
-        # worker that fails it as lost, in that worker's heartbeat thread.
+        # worker that fails it as lost.
         with _holding_locks():
             return super().set_trial_state_values(trial_id, state, values)
 
