@@ -25,7 +25,7 @@ from tunefleet import constants
 from tunefleet.storage import _fast_sql as sql
 from tunefleet.storage._clock import utc_now
 from tunefleet.storage._fast_core import FastStorage, _frozen_trial, _Pending
-from tunefleet.storage._retry import Retrier
+from tunefleet.storage._retry import Retrier, holds_outcome
 
 __all__ = ["FastPostgresStorage"]
 
@@ -158,10 +158,7 @@ class FastPostgresStorage(FastStorage):
             return done, False
         # Only a retry can find its own work done (the first attempt committed, its answer was
         # lost); a first attempt that finds the trial finished lost it to another worker.
-        told = self._inner.get_trial(trial_id)
-        return False, told.state == state and (
-            values is None or told.values == [float(v) for v in values]
-        )
+        return False, holds_outcome(self._inner.get_trial(trial_id), state, values)
 
     def _write_pending(self, taken: dict[int, _Pending]) -> set[int]:
         rows = self._pipeline(

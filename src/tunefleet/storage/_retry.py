@@ -28,7 +28,7 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["Retrier", "RetryingStorage", "is_transient"]
+__all__ = ["Retrier", "RetryingStorage", "holds_outcome", "is_transient"]
 
 log = logging.getLogger("tunefleet.storage")
 T = TypeVar("T")
@@ -181,6 +181,12 @@ class Retrier:
         Retrier.__init__(self, state["wait"], state["describe"])
 
 
+def holds_outcome(trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> bool:
+    """Whether a stored trial already has exactly this final state and these values: what a
+    retried tell finds when its first attempt committed and only the answer was lost."""
+    return trial.state == state and (values is None or trial.values == [float(v) for v in values])
+
+
 class RetryingStorage(BaseStorage):
     """An Optuna storage that retries transient database failures of the storage it wraps."""
 
@@ -296,13 +302,12 @@ class RetryingStorage(BaseStorage):
                 return self._inner.set_trial_state_values(trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # A retry after a commit whose answer was lost: the write already happened.
-                if attempts > 1 and state.is_finished():
-                    stored = self._inner.get_trial(trial_id)
-                    same = stored.state == state and (
-                        values is None or stored.values == [float(v) for v in values]
-                    )
-                    if same:
-                        return True
+                if (
+                    attempts > 1
+                    and state.is_finished()
+                    and holds_outcome(self._inner.get_trial(trial_id), state, values)
+                ):
+                    return True
                 raise
 
         return self._retrier.call(attempt)
